@@ -1,0 +1,489 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The slicewall gate: decides each new outbound flow of the guarded cgroup subtree.
+ *
+ * connect4/connect6 (TCP and UDP connect) and sendmsg4/sendmsg6 (unconnected UDP) look up who
+ * is connecting (socket cgroup, executable of the calling process, uid) in maps the daemon
+ * fills, then evaluate the compiled rules of that identity and of everyone. What the maps cannot
+ * decide goes to the daemon: a connect is held (allowed by the syscall, but every packet of the
+ * socket is dropped at egress until the daemon answers), a datagram is rejected.
+ *
+ * Only context structs and helpers are used, so the programs load without kernel BTF.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "slicewall.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+#define SK_PASS 1
+#define SK_DROP 0
+
+/* Map sizes are placeholders: the daemon sets every max_entries before loading. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct slicewall_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct slicewall_task);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_tasks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct slicewall_subject_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_subjects SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__type(key, struct slicewall_prefix_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_prefixes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct slicewall_list);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_lists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct slicewall_sock);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct slicewall_held);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_held SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLICEWALL_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_stats SEC(".maps");
+
+struct flow {
+	__u64 cgroup_id;
+	__u64 cookie;
+	__u32 tgid;
+	__u32 uid;
+	__u32 exe_id;
+	__u16 port;
+	__u8 protocol;
+	__u8 family;
+	__u8 address[16]; /* as in events: IPv6, with IPv4 as ::ffff:a.b.c.d */
+};
+
+struct decision {
+	__u64 rank;
+	__u32 rule_id;
+	__u8 verdict;
+	__u8 reason;
+};
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *value = bpf_map_lookup_elem(&slicewall_stats, &stat);
+
+	if (value)
+		*value += 1;
+}
+
+static __always_inline struct slicewall_config *config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&slicewall_config, &zero);
+}
+
+static __always_inline void fill_event(struct slicewall_event *event, __u32 kind, const struct flow *flow)
+{
+	event->kind = kind;
+	event->tgid = flow->tgid;
+	event->cookie = flow->cookie;
+	event->cgroup_id = flow->cgroup_id;
+	event->uid = flow->uid;
+	event->exe_id = flow->exe_id;
+	event->rule_id = 0;
+	event->verdict = 0;
+	event->reason = 0;
+	event->protocol = flow->protocol;
+	event->padding = 0;
+	event->port = flow->port;
+	event->padding2 = 0;
+	__builtin_memcpy(event->address, flow->address, sizeof(event->address));
+	bpf_get_current_comm(event->comm, sizeof(event->comm));
+}
+
+static __always_inline void send_event(__u32 kind, const struct flow *flow, const struct decision *decision)
+{
+	struct slicewall_event *event;
+
+	event = bpf_ringbuf_reserve(&slicewall_events, sizeof(*event), 0);
+	if (!event) {
+		count(SLICEWALL_STAT_EVENTS_LOST);
+		return;
+	}
+	fill_event(event, kind, flow);
+	if (decision) {
+		event->rule_id = decision->rule_id;
+		event->verdict = decision->verdict;
+		event->reason = decision->reason;
+	}
+	bpf_ringbuf_submit(event, 0);
+}
+
+static __always_inline int is_ipv4_mapped(const __u8 *address)
+{
+	int i;
+
+	for (i = 0; i < 10; i++)
+		if (address[i])
+			return 0;
+	return address[10] == 0xff && address[11] == 0xff;
+}
+
+static __always_inline int candidate_matches(const struct slicewall_candidate *candidate, const struct flow *flow)
+{
+	if (candidate->protocol && candidate->protocol != flow->protocol)
+		return 0;
+	return flow->port >= candidate->port_first && flow->port <= candidate->port_last;
+}
+
+/* Finds the best candidate of one policy for the flow. Returns -1 when the list is too long for
+ * the gate, 1 when a candidate matched (written to *best if it outranks it), 0 otherwise. */
+static __always_inline int evaluate_policy(__u32 policy, const struct flow *flow, struct decision *best)
+{
+	struct slicewall_prefix_key key = {
+		.prefixlen = 32 + 8 + 128,
+		.policy = policy,
+		.family = flow->family,
+	};
+	struct slicewall_list *list;
+	__u32 *list_id;
+	__u32 i;
+
+	if (policy == SLICEWALL_POLICY_NONE)
+		return 0;
+	if (flow->family == SLICEWALL_FAMILY_IPV4)
+		__builtin_memcpy(key.address, &flow->address[12], 4);
+	else
+		__builtin_memcpy(key.address, flow->address, sizeof(key.address));
+	list_id = bpf_map_lookup_elem(&slicewall_prefixes, &key);
+	if (!list_id)
+		return 0;
+	list = bpf_map_lookup_elem(&slicewall_lists, list_id);
+	if (!list)
+		return 0;
+	if (list->length == SLICEWALL_LIST_OVERFLOW)
+		return -1;
+
+	/* Candidates are sorted by rank, highest first, so the first match is this policy's best. */
+	for (i = 0; i < SLICEWALL_LIST_MAX; i++) {
+		const struct slicewall_candidate *candidate = &list->candidates[i];
+
+		if (i >= list->length)
+			break;
+		if (!candidate_matches(candidate, flow))
+			continue;
+		if (candidate->rank > best->rank || !best->rule_id) {
+			best->rank = candidate->rank;
+			best->rule_id = candidate->rule_id;
+			best->verdict = candidate->verdict;
+			best->reason = candidate->flags & SLICEWALL_CANDIDATE_ASK ? SLICEWALL_REASON_ASK_FALLBACK
+										   : SLICEWALL_REASON_RULE;
+		}
+		return 1;
+	}
+	return 0;
+}
+
+/* Hands a flow the gate cannot decide to the daemon. A connect is held: the syscall goes on,
+ * and the egress program drops the socket's packets until the daemon removes the hold. */
+static __always_inline int pend(void *sk, const struct flow *flow, int is_connect)
+{
+	struct slicewall_config *cfg = config();
+	struct decision fail = { .reason = SLICEWALL_REASON_FAIL_MODE };
+	struct slicewall_held held = {};
+	struct slicewall_sock *storage;
+
+	if (!cfg || !cfg->daemon_present) {
+		fail.verdict = cfg ? cfg->fail_verdict : SLICEWALL_VERDICT_DENY;
+		send_event(SLICEWALL_EVENT_DECISION, flow, &fail);
+		return fail.verdict == SLICEWALL_VERDICT_ALLOW ? SK_PASS : SK_DROP;
+	}
+
+	count(SLICEWALL_STAT_PENDING);
+	if (!is_connect) {
+		/* A datagram cannot wait: it is rejected, and the daemon learns the identity so the
+		 * next one is decided in the gate. */
+		send_event(SLICEWALL_EVENT_PENDING, flow, 0);
+		return SK_DROP;
+	}
+
+	storage = bpf_sk_storage_get(&slicewall_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!storage)
+		return SK_DROP;
+	fill_event(&held.flow, SLICEWALL_EVENT_PENDING, flow);
+	held.state = SLICEWALL_HELD_WAITING;
+	if (bpf_map_update_elem(&slicewall_held, &flow->cookie, &held, BPF_ANY))
+		return SK_DROP;
+	storage->flags |= SLICEWALL_SOCK_HELD;
+	send_event(SLICEWALL_EVENT_PENDING, flow, 0);
+	return SK_PASS;
+}
+
+/* family is a constant at every call, so each program only reads the context fields its
+ * attach type allows (connect4 may not touch user_ip6). */
+static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family, const int is_connect)
+{
+	struct decision best = {};
+	struct slicewall_subject_key subject = {};
+	struct slicewall_config *cfg;
+	struct slicewall_sock *storage;
+	struct slicewall_task *task;
+	struct flow flow = {};
+	__u32 *policy;
+	int result;
+
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return SK_PASS;
+	flow.protocol = ctx->protocol;
+	flow.port = bpf_ntohs(ctx->user_port);
+	if (family == AF_INET) {
+		__u32 ip4 = ctx->user_ip4;
+
+		flow.address[10] = 0xff;
+		flow.address[11] = 0xff;
+		__builtin_memcpy(&flow.address[12], &ip4, 4);
+	} else {
+		__u32 word;
+
+		/* An IPv4-mapped IPv6 address has the same ::ffff:a.b.c.d form that IPv4 gets above,
+		 * so it is judged as the IPv4 address it carries. */
+		word = ctx->user_ip6[0];
+		__builtin_memcpy(&flow.address[0], &word, 4);
+		word = ctx->user_ip6[1];
+		__builtin_memcpy(&flow.address[4], &word, 4);
+		word = ctx->user_ip6[2];
+		__builtin_memcpy(&flow.address[8], &word, 4);
+		word = ctx->user_ip6[3];
+		__builtin_memcpy(&flow.address[12], &word, 4);
+	}
+	flow.family = is_ipv4_mapped(flow.address) ? SLICEWALL_FAMILY_IPV4 : SLICEWALL_FAMILY_IPV6;
+
+	/* The socket's cgroup is fixed when the socket is created, as nftables sees it. */
+	storage = bpf_sk_storage_get(&slicewall_socks, ctx->sk, 0, 0);
+	flow.cgroup_id = storage && storage->cgroup_id ? storage->cgroup_id : bpf_get_current_cgroup_id();
+	flow.cookie = bpf_get_socket_cookie(ctx);
+	flow.tgid = bpf_get_current_pid_tgid() >> 32;
+	flow.uid = (__u32)bpf_get_current_uid_gid();
+
+	task = bpf_map_lookup_elem(&slicewall_tasks, &flow.tgid);
+	if (!task)
+		return pend(ctx->sk, &flow, is_connect);
+	flow.exe_id = task->exe_id;
+
+	subject.cgroup_id = flow.cgroup_id;
+	subject.exe_id = flow.exe_id;
+	subject.uid = flow.uid;
+	policy = bpf_map_lookup_elem(&slicewall_subjects, &subject);
+	if (!policy)
+		return pend(ctx->sk, &flow, is_connect);
+
+	cfg = config();
+	if (!cfg)
+		return SK_DROP;
+	result = evaluate_policy(*policy, &flow, &best);
+	if (result < 0 || evaluate_policy(cfg->global_policy, &flow, &best) < 0)
+		return pend(ctx->sk, &flow, is_connect);
+
+	if (!best.rule_id) {
+		best.verdict = SLICEWALL_VERDICT_ALLOW;
+		best.reason = SLICEWALL_REASON_NO_RULE;
+	}
+	count(SLICEWALL_STAT_DECISIONS);
+	send_event(SLICEWALL_EVENT_DECISION, &flow, &best);
+	return best.verdict == SLICEWALL_VERDICT_ALLOW ? SK_PASS : SK_DROP;
+}
+
+SEC("cgroup/connect4")
+int slicewall_connect4(struct bpf_sock_addr *ctx)
+{
+	return gate_impl(ctx, AF_INET, 1);
+}
+
+SEC("cgroup/connect6")
+int slicewall_connect6(struct bpf_sock_addr *ctx)
+{
+	return gate_impl(ctx, AF_INET6, 1);
+}
+
+SEC("cgroup/sendmsg4")
+int slicewall_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return gate_impl(ctx, AF_INET, 0);
+}
+
+SEC("cgroup/sendmsg6")
+int slicewall_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return gate_impl(ctx, AF_INET6, 0);
+}
+
+/* Records the creating task's cgroup, so that a process moved to another cgroup after creating
+ * a socket is still judged by the cgroup the socket belongs to. */
+SEC("cgroup/sock_create")
+int slicewall_sock_create(struct bpf_sock *sk)
+{
+	struct slicewall_sock *storage;
+
+	if (sk->protocol != IPPROTO_TCP && sk->protocol != IPPROTO_UDP)
+		return SK_PASS;
+	storage = bpf_sk_storage_get(&slicewall_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (storage)
+		storage->cgroup_id = bpf_get_current_cgroup_id();
+	return SK_PASS;
+}
+
+SEC("cgroup/sock_release")
+int slicewall_sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+
+	bpf_map_delete_elem(&slicewall_held, &cookie);
+	return SK_PASS;
+}
+
+/* Drops every packet of a held socket; the hold ends when the daemon deletes its entry. */
+SEC("cgroup_skb/egress")
+int slicewall_egress(struct __sk_buff *skb)
+{
+	struct slicewall_sock *storage;
+	struct slicewall_held *held;
+	struct bpf_sock *sk;
+	__u64 cookie;
+
+	sk = skb->sk;
+	if (!sk)
+		return SK_PASS;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return SK_PASS;
+	storage = bpf_sk_storage_get(&slicewall_socks, sk, 0, 0);
+	if (!storage || !(storage->flags & SLICEWALL_SOCK_HELD))
+		return SK_PASS;
+
+	cookie = bpf_get_socket_cookie(skb);
+	held = bpf_map_lookup_elem(&slicewall_held, &cookie);
+	if (!held) {
+		storage->flags &= ~SLICEWALL_SOCK_HELD;
+		return SK_PASS;
+	}
+	if (!held->source_port) {
+		__u32 word;
+
+		held->source_port = (__u16)sk->src_port;
+		if (sk->family == AF_INET) {
+			word = sk->src_ip4;
+			held->source_address[10] = 0xff;
+			held->source_address[11] = 0xff;
+			__builtin_memcpy(&held->source_address[12], &word, 4);
+		} else {
+			word = sk->src_ip6[0];
+			__builtin_memcpy(&held->source_address[0], &word, 4);
+			word = sk->src_ip6[1];
+			__builtin_memcpy(&held->source_address[4], &word, 4);
+			word = sk->src_ip6[2];
+			__builtin_memcpy(&held->source_address[8], &word, 4);
+			word = sk->src_ip6[3];
+			__builtin_memcpy(&held->source_address[12], &word, 4);
+		}
+	}
+	return SK_DROP;
+}
+
+/* Shortens the first SYN retransmission of a held socket, so that a connection the daemon
+ * allows completes soon after the answer instead of after the default one second. */
+SEC("sockops")
+int slicewall_sockops(struct bpf_sock_ops *ops)
+{
+	struct slicewall_config *cfg;
+	__u64 cookie;
+
+	if (ops->op != BPF_SOCK_OPS_TIMEOUT_INIT)
+		return 1;
+	cookie = bpf_get_socket_cookie(ops);
+	if (!bpf_map_lookup_elem(&slicewall_held, &cookie))
+		return 1;
+	cfg = config();
+	if (cfg && cfg->hold_rto_jiffies)
+		ops->reply = cfg->hold_rto_jiffies;
+	return 1;
+}
+
+/* A guarded process replaced its image: forget its executable until the daemon has hashed the
+ * new one, so no flow of the new program is judged as the old one. */
+SEC("raw_tracepoint/sched_process_exec")
+int slicewall_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct slicewall_config *cfg = config();
+	struct flow flow = {};
+
+	if (!cfg || bpf_get_current_ancestor_cgroup_id(cfg->guard_level) != cfg->guard_cgroup_id)
+		return 0;
+	flow.tgid = bpf_get_current_pid_tgid() >> 32;
+	flow.cgroup_id = bpf_get_current_cgroup_id();
+	flow.uid = (__u32)bpf_get_current_uid_gid();
+	bpf_map_delete_elem(&slicewall_tasks, &flow.tgid);
+	send_event(SLICEWALL_EVENT_EXEC, &flow, 0);
+	return 0;
+}
+
+/* Forgets a process when its thread group leader exits, so a reused PID starts unknown. */
+SEC("raw_tracepoint/sched_process_exit")
+int slicewall_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+
+	if ((__u32)pid_tgid != tgid)
+		return 0;
+	bpf_map_delete_elem(&slicewall_tasks, &tgid);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Structures and constants shared by the eBPF gate (bpf/gate.bpf.c) and the daemon
+ * (src/kernel/abi.rs mirrors every definition here with #[repr(C)]; keep both in step).
+ */
+#ifndef SLICEWALL_H
+#define SLICEWALL_H
+
+#include <linux/types.h>
+
+/* Verdicts stored in candidates and reported in events. */
+#define SLICEWALL_VERDICT_ALLOW 1
+#define SLICEWALL_VERDICT_DENY 2
+
+/* Why a verdict was reached; reported in events. */
+#define SLICEWALL_REASON_RULE 1
+#define SLICEWALL_REASON_NO_RULE 2
+#define SLICEWALL_REASON_ASK_FALLBACK 3
+#define SLICEWALL_REASON_FAIL_MODE 4
+#define SLICEWALL_REASON_PENDING 5
+
+/* Event kinds sent to the daemon through the ring buffer. */
+#define SLICEWALL_EVENT_EXEC 1     /* a guarded process called execve(): identify it again */
+#define SLICEWALL_EVENT_DECISION 2 /* the gate decided a flow: audit it */
+#define SLICEWALL_EVENT_PENDING 3  /* the gate could not decide: the daemon must */
+
+/* Candidate flags. */
+#define SLICEWALL_CANDIDATE_ASK 1 /* an "ask" rule; the verdict is the configured fallback */
+
+/* Socket flags kept in socket storage. */
+#define SLICEWALL_SOCK_HELD 1
+
+/* States of a held socket. */
+#define SLICEWALL_HELD_WAITING 1
+#define SLICEWALL_HELD_DENIED 2
+
+/* Candidates scanned per address prefix; longer lists are decided by the daemon. */
+#define SLICEWALL_LIST_MAX 32
+#define SLICEWALL_LIST_OVERFLOW 0xffffffffu
+
+/* Counters in slicewall_stats. */
+#define SLICEWALL_STAT_EVENTS_LOST 0
+#define SLICEWALL_STAT_DECISIONS 1
+#define SLICEWALL_STAT_PENDING 2
+#define SLICEWALL_STAT_COUNT 4
+
+/* Identifiers of the policy, exe and rule tables are never 0; 0 means "none". */
+#define SLICEWALL_POLICY_NONE 0
+
+struct slicewall_config {
+	__u32 daemon_present;   /* 1 while a daemon serves pending flows */
+	__u32 fail_verdict;     /* verdict for pending flows while no daemon runs */
+	__u32 hold_rto_jiffies; /* initial SYN retransmission timeout of a held socket */
+	__u32 global_policy;    /* policy of the rules without identity selectors */
+	__u32 next_id;          /* identifier allocator shared by successive daemons */
+	__u32 guard_level;      /* depth of the guarded cgroup below the cgroup v2 root */
+	__u64 guard_cgroup_id;  /* the guarded cgroup; exec tracking ignores tasks outside it */
+};
+
+struct slicewall_task {
+	__u32 exe_id;
+	__u32 padding;
+};
+
+struct slicewall_subject_key {
+	__u64 cgroup_id;
+	__u32 exe_id;
+	__u32 uid;
+};
+
+/* Address families in prefix keys. An IPv4-mapped IPv6 address is IPv4. */
+#define SLICEWALL_FAMILY_IPV4 4
+#define SLICEWALL_FAMILY_IPV6 6
+
+struct slicewall_prefix_key {
+	__u32 prefixlen; /* 32 bits of policy, 8 of family, then address bits */
+	__u32 policy;
+	__u8 family;
+	__u8 address[16]; /* IPv4 in the first 4 bytes */
+	__u8 padding[3];
+};
+
+struct slicewall_candidate {
+	__u64 rank;
+	__u32 rule_id;
+	__u16 port_first;
+	__u16 port_last;
+	__u8 protocol; /* 0 = any, else IPPROTO_TCP or IPPROTO_UDP */
+	__u8 verdict;
+	__u8 flags;
+	__u8 padding[5];
+};
+
+struct slicewall_list {
+	__u32 length; /* SLICEWALL_LIST_OVERFLOW: too long for the gate, ask the daemon */
+	__u32 padding;
+	struct slicewall_candidate candidates[SLICEWALL_LIST_MAX];
+};
+
+struct slicewall_sock {
+	__u64 cgroup_id; /* cgroup of the task that created the socket */
+	__u32 flags;
+	__u32 padding;
+};
+
+struct slicewall_event {
+	__u32 kind;
+	__u32 tgid;
+	__u64 cookie;
+	__u64 cgroup_id;
+	__u32 uid;
+	__u32 exe_id;
+	__u32 rule_id;
+	__u8 verdict;
+	__u8 reason;
+	__u8 protocol;
+	__u8 padding;
+	__u16 port;
+	__u16 padding2;
+	__u8 address[16];
+	char comm[16];
+};
+
+struct slicewall_held {
+	struct slicewall_event flow;
+	__u32 state;
+	__u16 source_port;
+	__u16 padding;
+	__u8 source_address[16];
+};
+
+#endif

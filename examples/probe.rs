@@ -1,0 +1,106 @@
+//! A network client for slicewall's tests and trials: makes one kind of outbound flow and
+//! prints what the kernel answered, so a test can tell an allowed flow from a denied one.
+//!
+//! ```text
+//! probe tcp ADDRESS:PORT       connect() over TCP, then close
+//! probe udp-connect ADDRESS:PORT   connect() a UDP socket, then send() one datagram
+//! probe udp-sendto ADDRESS:PORT    sendto() one datagram on an unconnected UDP socket
+//! ```
+//! Prints `ok`, or `error: NAME (errno N)`, and exits 0 or 1. `--repeat N` makes N flows and
+//! prints one line each; `--wait-ms N` waits before the first (to race nothing with exec).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut repeat = 1u32;
+    let mut wait_ms = 0u64;
+    let mut positional = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--repeat" => repeat = iter.next().and_then(|value| value.parse().ok()).unwrap_or(1),
+            "--wait-ms" => wait_ms = iter.next().and_then(|value| value.parse().ok()).unwrap_or(0),
+            _ => positional.push(arg.clone()),
+        }
+    }
+    let [kind, target] = positional.as_slice() else {
+        eprintln!("usage: probe [--repeat N] [--wait-ms N] tcp|udp-connect|udp-sendto ADDRESS:PORT");
+        return ExitCode::from(2);
+    };
+    let Ok(target) = target.parse::<SocketAddr>() else {
+        eprintln!("probe: invalid ADDRESS:PORT {target:?}");
+        return ExitCode::from(2);
+    };
+    std::thread::sleep(Duration::from_millis(wait_ms));
+
+    let mut failed = false;
+    for _ in 0..repeat {
+        let result = match kind.as_str() {
+            "tcp" => tcp(target),
+            "udp-connect" => udp_connect(target),
+            "udp-sendto" => udp_sendto(target),
+            other => {
+                eprintln!("probe: unknown flow kind {other:?}");
+                return ExitCode::from(2);
+            }
+        };
+        match result {
+            Ok(()) => println!("ok"),
+            Err(error) => {
+                failed = true;
+                let errno = error.raw_os_error().unwrap_or(0);
+                println!("error: {} (errno {errno})", errno_name(errno));
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn tcp(target: SocketAddr) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"ping\n")?;
+    let mut reply = [0u8; 5];
+    stream.read_exact(&mut reply)?;
+    Ok(())
+}
+
+fn bind_any(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    if target.is_ipv4() { UdpSocket::bind("0.0.0.0:0") } else { UdpSocket::bind("[::]:0") }
+}
+
+fn udp_connect(target: SocketAddr) -> std::io::Result<()> {
+    let socket = bind_any(target)?;
+    socket.connect(target)?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    socket.send(b"ping\n")?;
+    let mut reply = [0u8; 16];
+    socket.recv(&mut reply)?;
+    Ok(())
+}
+
+fn udp_sendto(target: SocketAddr) -> std::io::Result<()> {
+    let socket = bind_any(target)?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    socket.send_to(b"ping\n", target)?;
+    let mut reply = [0u8; 16];
+    socket.recv_from(&mut reply)?;
+    Ok(())
+}
+
+fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => "EPERM",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENETUNREACH => "ENETUNREACH",
+        _ => "other",
+    }
+}

@@ -1,0 +1,53 @@
+//! Command-line options of `slicewalld`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// What flows that need the daemon get while no daemon runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailMode {
+    /// Deny them.
+    Closed,
+    /// Allow them.
+    Open,
+}
+
+/// The verdict an `ask` rule gives while no prompt can be shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AskFallback {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(name = "slicewalld", version, about = "slicewall daemon: gates every new outbound flow by the systemd unit, executable and user that makes it")]
+pub struct Options {
+    /// Directory that holds etc/, run/ and usr/lib/ with the rule drop-ins (as systemd tools' --root).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Directory of the cgroup v2 subtree to guard [default: the whole cgroup v2 hierarchy].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Directory on a bpf file system where programs and maps are pinned.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/slicewall")]
+    pub pin_dir: PathBuf,
+
+    /// Verdict for flows that need the daemon while no daemon runs.
+    #[arg(long, value_enum, default_value_t = FailMode::Closed)]
+    pub fail_mode: FailMode,
+
+    /// Verdict of `ask` rules until prompts are available.
+    #[arg(long, value_enum, default_value_t = AskFallback::Deny)]
+    pub ask_fallback: AskFallback,
+
+    /// Write audit records to standard error even when the journal is available.
+    #[arg(long)]
+    pub audit_stderr: bool,
+
+    /// Detach the gate, remove every pin under --pin-dir, and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}

@@ -1,0 +1,210 @@
+//! The daemon's side of the gate's tables: numbered rules, policies per identity, and the
+//! candidate lists they compile to. Every identifier the gate sees comes from one counter that
+//! is kept in the gate's configuration map, so a restarted daemon never reuses the identifier
+//! of an entry an earlier daemon left behind.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::exe::ExeIdentity;
+use crate::kernel::abi::{self, List, SubjectKey};
+use crate::kernel::gate::{Gate, GateError};
+use crate::policy::{self, NumberedRule};
+use crate::rules::{self, Action, Flow, Rule, Subject};
+use crate::unit::UnitInfo;
+
+/// What the daemon knows about one identity the gate has seen.
+#[derive(Clone, Debug)]
+pub struct SubjectInfo {
+    pub unit: Arc<UnitInfo>,
+    pub exe: Arc<ExeIdentity>,
+    pub uid: u32,
+    pub policy: u32,
+}
+
+impl SubjectInfo {
+    pub fn subject(&self) -> Subject<'_> {
+        Subject { unit: &self.unit, exe: Some(&self.exe.path), sha256: Some(&self.exe.sha256), uid: self.uid }
+    }
+}
+
+/// A verdict reached in user space, in the gate's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub verdict: u8,
+    pub reason: u8,
+    pub rule_id: u32,
+}
+
+#[derive(Default)]
+struct Generation {
+    rules: Vec<Rule>,
+    ids: Vec<u32>,
+    global_policy: u32,
+    policies: HashMap<Vec<u32>, u32>,
+    lists: HashMap<List, u32>,
+}
+
+pub struct Tables {
+    next_id: u32,
+    ask_verdict: u8,
+    current: Generation,
+    /// Rule origins ("file:line") of the current and the previous rule set, so events the gate
+    /// sent just before a reload are still attributed.
+    origins: HashMap<u32, String>,
+    previous_origins: HashMap<u32, String>,
+    subjects: HashMap<SubjectKey, SubjectInfo>,
+}
+
+impl Tables {
+    pub fn new(next_id: u32, ask_verdict: u8) -> Self {
+        Tables {
+            next_id: next_id.max(1),
+            ask_verdict,
+            current: Generation::default(),
+            origins: HashMap::new(),
+            previous_origins: HashMap::new(),
+            subjects: HashMap::new(),
+        }
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.current.rules.len()
+    }
+
+    /// Hands out the next identifier for a rule, policy, list or executable.
+    pub fn allocate(&mut self) -> u32 {
+        let id = self.next_id;
+        // Zero means "none" in every table, so the counter skips it when it wraps.
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Installs a new rule set: compiles it under fresh identifiers, points the gate at it, then
+    /// removes the previous set's entries.
+    pub fn install(&mut self, gate: &mut Gate, rules: Vec<Rule>) -> Result<(), GateError> {
+        let previous = std::mem::take(&mut self.current);
+        self.current.ids = rules.iter().map(|_| self.allocate()).collect();
+        self.current.rules = rules;
+        self.previous_origins = std::mem::take(&mut self.origins);
+        self.origins = self
+            .current
+            .ids
+            .iter()
+            .zip(&self.current.rules)
+            .map(|(id, rule)| (*id, rule.origin.to_string()))
+            .collect();
+
+        let global: Vec<usize> =
+            (0..self.current.rules.len()).filter(|&index| self.current.rules[index].selectors.is_empty()).collect();
+        let global_policy = self.write_policy(gate, &global)?;
+        self.current.global_policy = global_policy;
+
+        let keys: Vec<SubjectKey> = self.subjects.keys().copied().collect();
+        for key in keys {
+            let info = self.subjects[&key].clone();
+            let policy = self.policy_for(gate, &info.subject())?;
+            gate.subjects
+                .insert(key, policy, 0)
+                .map_err(|source| GateError::MapUpdate { name: "slicewall_subjects", source })?;
+            if let Some(entry) = self.subjects.get_mut(&key) {
+                entry.policy = policy;
+            }
+        }
+
+        let mut config = gate.read_config()?;
+        config.global_policy = global_policy;
+        config.next_id = self.next_id;
+        gate.write_config(config)?;
+
+        let policies: HashSet<u32> =
+            self.current.policies.values().copied().chain(std::iter::once(global_policy)).collect();
+        let lists: HashSet<u32> = self.current.lists.values().copied().collect();
+        drop(previous);
+        gate.prune_policies(|policy| policies.contains(&policy), |list| lists.contains(&list));
+        Ok(())
+    }
+
+    /// Records an identity and points the gate's subject entry at its policy.
+    pub fn add_subject(&mut self, gate: &mut Gate, key: SubjectKey, mut info: SubjectInfo) -> Result<u32, GateError> {
+        let policy = self.policy_for(gate, &info.subject())?;
+        info.policy = policy;
+        gate.subjects
+            .insert(key, policy, 0)
+            .map_err(|source| GateError::MapUpdate { name: "slicewall_subjects", source })?;
+        self.subjects.insert(key, info);
+        Ok(policy)
+    }
+
+    pub fn subject(&self, key: &SubjectKey) -> Option<&SubjectInfo> {
+        self.subjects.get(key)
+    }
+
+    /// Finds or compiles the policy of the identity-specific rules that match `subject`.
+    fn policy_for(&mut self, gate: &mut Gate, subject: &Subject<'_>) -> Result<u32, GateError> {
+        let matching: Vec<usize> = (0..self.current.rules.len())
+            .filter(|&index| {
+                let selectors = &self.current.rules[index].selectors;
+                !selectors.is_empty() && selectors.matches(subject)
+            })
+            .collect();
+        if matching.is_empty() {
+            return Ok(abi::POLICY_NONE);
+        }
+        let ids: Vec<u32> = matching.iter().map(|&index| self.current.ids[index]).collect();
+        if let Some(&policy) = self.current.policies.get(&ids) {
+            return Ok(policy);
+        }
+        let policy = self.write_policy(gate, &matching)?;
+        self.current.policies.insert(ids, policy);
+        Ok(policy)
+    }
+
+    fn write_policy(&mut self, gate: &mut Gate, indexes: &[usize]) -> Result<u32, GateError> {
+        let policy_id = self.allocate();
+        let numbered: Vec<NumberedRule<'_>> = indexes
+            .iter()
+            .map(|&index| NumberedRule { id: self.current.ids[index], rule: &self.current.rules[index] })
+            .collect();
+        let compiled = policy::compile(&numbered, self.ask_verdict);
+        for (prefix, list) in compiled.prefixes {
+            let list_id = match self.current.lists.get(&list) {
+                Some(&id) => id,
+                None => {
+                    let id = self.allocate();
+                    gate.lists
+                        .insert(id, list, 0)
+                        .map_err(|source| GateError::MapUpdate { name: "slicewall_lists", source })?;
+                    self.current.lists.insert(list, id);
+                    id
+                }
+            };
+            gate.set_prefix(policy_id, prefix.key_bits(), prefix.family, prefix.address, list_id)?;
+        }
+        Ok(policy_id)
+    }
+
+    /// Decides a flow in user space, with the same precedence the compiled tables encode.
+    pub fn decide(&self, subject: &Subject<'_>, flow: &Flow) -> Verdict {
+        let Some(rule) = rules::decide(self.current.rules.iter(), subject, flow) else {
+            return Verdict { verdict: abi::VERDICT_ALLOW, reason: abi::REASON_NO_RULE, rule_id: 0 };
+        };
+        let index = self
+            .current
+            .rules
+            .iter()
+            .position(|candidate| std::ptr::eq(candidate, rule))
+            .expect("decide returns one of the rules it was given");
+        let rule_id = self.current.ids[index];
+        match rule.action {
+            Action::Allow => Verdict { verdict: abi::VERDICT_ALLOW, reason: abi::REASON_RULE, rule_id },
+            Action::Deny => Verdict { verdict: abi::VERDICT_DENY, reason: abi::REASON_RULE, rule_id },
+            Action::Ask => Verdict { verdict: self.ask_verdict, reason: abi::REASON_ASK_FALLBACK, rule_id },
+        }
+    }
+
+    /// The "file:line" of a rule, for audit records.
+    pub fn origin(&self, rule_id: u32) -> Option<&str> {
+        self.origins.get(&rule_id).or_else(|| self.previous_origins.get(&rule_id)).map(String::as_str)
+    }
+}

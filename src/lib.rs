@@ -1,0 +1,19 @@
+//! slicewall: a per-application firewall for Linux that decides each new outbound flow by who
+//! makes it (systemd unit, executable and user), not only by address and port.
+//!
+//! The crate is split by where privilege starts:
+//! - pure policy code with no I/O: [`rules`] (rule model, files, precedence), [`unit`]
+//!   (systemd unit names and app IDs) and [`policy`] (rules compiled into the tables the kernel
+//!   gate reads);
+//! - the host layer: [`exe`] (executable identity from `/proc`), [`cgroup`] (cgroup v2 mount
+//!   and IDs), [`audit`] (the journal stream) and [`kernel`] (eBPF programs and maps);
+//! - [`daemon`], which ties them together for `slicewalld`.
+
+pub mod audit;
+pub mod cgroup;
+pub mod daemon;
+pub mod exe;
+pub mod kernel;
+pub mod policy;
+pub mod rules;
+pub mod unit;

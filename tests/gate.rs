@@ -1,0 +1,349 @@
+//! End-to-end tests of the gate: a real slicewalld guards a cgroup of its own, and real client
+//! processes in that cgroup connect to echo servers on loopback and across a veth pair.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{probe, write_rules, Lab, SERVER_V4, SERVER_V6};
+
+const EPERM: &str = "error: EPERM (errno 1)";
+
+/// Lets the daemon identify the client's new executable before its first flow, so the flow is
+/// decided by the compiled rules in the kernel rather than held for the daemon.
+const SETTLE: &str = "300";
+
+fn targets(lab: &Lab) -> [(String, &'static str); 5] {
+    let network = &lab.network;
+    [
+        (format!("127.0.0.1:{}", network.loopback4.port), "loopback IPv4"),
+        (format!("[::1]:{}", network.loopback6.port), "loopback IPv6"),
+        (format!("{SERVER_V4}:{}", network.veth4.port), "veth IPv4"),
+        (format!("[{SERVER_V6}]:{}", network.veth6.port), "veth IPv6"),
+        (format!("[::ffff:{SERVER_V4}]:{}", network.veth4.port), "veth IPv4-mapped IPv6"),
+    ]
+}
+
+#[test]
+fn address_rule_allows_and_denies_every_flow_kind() {
+    require_lab!();
+    let mut lab = Lab::new(&format!(
+        "[[rule]]\naction = \"deny\"\naddress = [\"{SERVER_V4}/32\", \"{SERVER_V6}/128\"]\n"
+    ));
+    lab.start(&[]);
+    let app = lab.cgroup.child("probe.service");
+
+    for kind in ["tcp", "udp-connect", "udp-sendto"] {
+        for (target, name) in targets(&lab) {
+            let expected = if name.starts_with("veth") { EPERM } else { "ok" };
+            let lines = lab.probe(&app, &["--wait-ms", SETTLE, kind, &target]);
+            assert_eq!(lines, vec![expected.to_owned()], "{kind} to {name} ({target})");
+        }
+    }
+    assert_eq!(lab.network.veth4.received.load(Ordering::SeqCst), 0, "a denied flow reached the IPv4 server");
+    assert_eq!(lab.network.veth6.received.load(Ordering::SeqCst), 0, "a denied flow reached the IPv6 server");
+
+    let records = lab.daemon().wait_for_audit(Duration::from_secs(5), "a deny record", |records| {
+        records.iter().any(|record| record.get("SLICEWALL_VERDICT").map(String::as_str) == Some("deny"))
+    });
+    let deny = records.iter().find(|record| record["SLICEWALL_VERDICT"] == "deny").unwrap();
+    assert_eq!(deny["SLICEWALL_REASON"], "rule");
+    assert!(deny["SLICEWALL_RULE"].ends_with("50-test.toml:1"), "rule field: {}", deny["SLICEWALL_RULE"]);
+    assert_eq!(deny["SLICEWALL_EXE"], probe().canonicalize().unwrap().display().to_string());
+    assert_eq!(deny["SLICEWALL_UNIT"], "probe.service");
+}
+
+#[test]
+fn flow_right_after_exec_is_held_then_decided() {
+    require_lab!();
+    let mut lab = Lab::new(&format!("[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}\"\nprotocol = \"tcp\"\n"));
+    lab.start(&[]);
+    let app = lab.cgroup.child("probe.service");
+    let denied = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    let allowed = format!("[{SERVER_V6}]:{}", lab.network.veth6.port);
+
+    // No settling time: the first flow may reach the gate before the daemon has hashed the new
+    // executable. It is then held and decided by the daemon, never let through.
+    for _ in 0..10 {
+        let lines = lab.probe(&app, &["tcp", &denied]);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0] == EPERM || lines[0].starts_with("error: ECONNABORTED"),
+            "denied flow right after exec: {}",
+            lines[0]
+        );
+        assert_eq!(lab.probe(&app, &["tcp", &allowed]), vec!["ok"], "allowed flow right after exec");
+    }
+    assert_eq!(lab.network.veth4.received.load(Ordering::SeqCst), 0, "a denied flow reached the server");
+}
+
+#[test]
+fn exe_rule_matches_path_and_sha256_rule_matches_content() {
+    require_lab!();
+    let bins = tempfile::tempdir().unwrap();
+    let original = fs::read(probe()).unwrap();
+    let named = bins.path().join("named/client");
+    let other = bins.path().join("other/client");
+    let trusted = bins.path().join("trusted/client");
+    for path in [&named, &other, &trusted] {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, &original).unwrap();
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let digest = String::from_utf8(
+        std::process::Command::new(common::slicewallctl()).arg("hash").arg(&trusted).output().unwrap().stdout,
+    )
+    .unwrap();
+    let digest = digest.split_whitespace().next().unwrap().to_owned();
+
+    let mut lab = Lab::new(&format!(
+        "[[rule]]\naction = \"deny\"\nexe = \"{named}\"\n\n\
+         [[rule]]\naction = \"deny\"\nunit = \"locked.service\"\n\n\
+         [[rule]]\naction = \"allow\"\nunit = \"locked.service\"\nexe = \"{trusted}\"\nsha256 = \"{digest}\"\n",
+        named = named.display(),
+        trusted = trusted.display(),
+    ));
+    lab.start(&[]);
+    let app = lab.cgroup.child("app.service");
+    let locked = lab.cgroup.child("locked.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    let flow = ["--wait-ms", SETTLE, "tcp", target.as_str()];
+
+    assert_eq!(lab.probe_with(&named, &app, &flow), vec![EPERM], "exe rule on its path");
+    assert_eq!(lab.probe_with(&other, &app, &flow), vec!["ok"], "same content at another path");
+    assert_eq!(lab.probe_with(&trusted, &locked, &flow), vec!["ok"], "exe with the allowed hash");
+    assert_eq!(lab.probe_with(&other, &locked, &flow), vec![EPERM], "same content, other path");
+
+    // Another binary at the allowed path: same path, other content, so another SHA-256.
+    let mut changed = original.clone();
+    changed.extend_from_slice(b"\0slicewall test padding\0");
+    let staging = bins.path().join("trusted/client.new");
+    fs::write(&staging, &changed).unwrap();
+    fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::rename(&staging, &trusted).unwrap();
+    assert_eq!(lab.probe_with(&trusted, &locked, &flow), vec![EPERM], "other content at the allowed path");
+}
+
+#[test]
+fn unit_glob_and_app_rules() {
+    require_lab!();
+    let mut lab = Lab::new(
+        "[[rule]]\naction = \"deny\"\nunit = \"app-*-org.example.Tracker-*.scope\"\n\n\
+         [[rule]]\naction = \"deny\"\napp = \"org.example.Chatty\"\nprotocol = \"udp\"\n",
+    );
+    lab.start(&[]);
+    let tracker = lab.cgroup.child("app-gnome-org.example.Tracker-4242.scope");
+    let chatty = lab.cgroup.child("app-gnome-org.example.Chatty-77.scope");
+    let other = lab.cgroup.child("app-gnome-org.example.Editor-5.scope");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+
+    assert_eq!(lab.probe(&tracker, &["--wait-ms", SETTLE, "tcp", &target]), vec![EPERM], "glob on the unit");
+    assert_eq!(lab.probe(&chatty, &["--wait-ms", SETTLE, "udp-sendto", &target]), vec![EPERM], "app ID, udp");
+    assert_eq!(lab.probe(&chatty, &["--wait-ms", SETTLE, "tcp", &target]), vec!["ok"], "app ID, tcp not covered");
+    assert_eq!(lab.probe(&other, &["--wait-ms", SETTLE, "tcp", &target]), vec!["ok"], "unmatched app");
+
+    let records = lab.daemon().wait_for_audit(Duration::from_secs(5), "the tracker's deny", |records| {
+        records.iter().any(|record| record.get("SLICEWALL_APP").map(String::as_str) == Some("org.example.Tracker"))
+    });
+    let tracker_record = records
+        .iter()
+        .find(|record| record.get("SLICEWALL_APP").map(String::as_str) == Some("org.example.Tracker"))
+        .unwrap();
+    assert_eq!(tracker_record["SLICEWALL_UNIT"], "app-gnome-org.example.Tracker-4242.scope");
+    assert_eq!(tracker_record["SLICEWALL_VERDICT"], "deny");
+}
+
+/// Precedence is total, so the verdicts must not change when the files trade names.
+#[test]
+fn verdicts_do_not_depend_on_file_names() {
+    require_lab!();
+    let mut lab = Lab::new("");
+    let files = [
+        // Global deny of the veth server, lower than any identity rule.
+        format!("[[rule]]\naction = \"deny\"\naddress = \"192.0.2.0/24\"\n"),
+        // An exact unit beats anyone: allowed.
+        format!("[[rule]]\naction = \"allow\"\nunit = \"trusted.service\"\naddress = \"192.0.2.0/24\"\n"),
+        // Same identity and destination: deny beats allow at a tie.
+        format!("[[rule]]\naction = \"allow\"\nunit = \"tie.service\"\naddress = \"{SERVER_V4}\"\n\n[[rule]]\naction = \"deny\"\nunit = \"tie.service\"\naddress = \"{SERVER_V4}\"\n"),
+        // Priority beats specificity: TCP to the echo port is allowed for everyone.
+        format!("[[rule]]\naction = \"allow\"\npriority = 5\naddress = \"{SERVER_V4}\"\nport = {}\nprotocol = \"tcp\"\n", lab.network.veth4.port),
+    ];
+    let names = ["10-a.toml", "20-b.toml", "30-c.toml", "40-d.toml"];
+    for (name, text) in names.iter().zip(&files) {
+        write_rules(lab.root.path(), "etc", name, text);
+    }
+    lab.start(&[]);
+    let cgroups = [lab.cgroup.child("plain.service"), lab.cgroup.child("trusted.service"), lab.cgroup.child("tie.service")];
+    let veth = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+
+    let observe = |lab: &Lab| -> Vec<String> {
+        let mut seen = Vec::new();
+        for cgroup in &cgroups {
+            seen.extend(lab.probe(cgroup, &["--wait-ms", SETTLE, "tcp", &veth]));
+            seen.extend(lab.probe(cgroup, &["--wait-ms", SETTLE, "udp-sendto", &veth]));
+        }
+        seen
+    };
+    let first = observe(&lab);
+    // plain: TCP by priority, UDP denied globally; trusted: both allowed by its unit; tie:
+    // TCP by priority, UDP denied because deny beats allow at a tie.
+    assert_eq!(first, vec!["ok", EPERM, "ok", "ok", "ok", EPERM]);
+
+    // Reverse the names: what sorted first now sorts last.
+    let rules_dir = lab.root.path().join("etc/slicewall/rules.d");
+    for (index, name) in names.iter().enumerate() {
+        fs::rename(rules_dir.join(name), rules_dir.join(format!("tmp-{index}"))).unwrap();
+    }
+    for (index, name) in names.iter().rev().enumerate() {
+        fs::rename(rules_dir.join(format!("tmp-{index}")), rules_dir.join(name)).unwrap();
+    }
+    assert!(lab.reload().contains("reloaded"));
+    assert_eq!(observe(&lab), first, "verdicts changed when the files traded names");
+}
+
+#[test]
+fn masked_vendor_file_is_ignored() {
+    require_lab!();
+    let mut lab = Lab::new("");
+    let deny = format!("[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}\"\n");
+    write_rules(lab.root.path(), "usr/lib", "60-vendor.toml", &deny);
+    write_rules(lab.root.path(), "usr/lib", "61-vendor.toml", &deny);
+    let etc = lab.root.path().join("etc/slicewall/rules.d");
+    fs::create_dir_all(&etc).unwrap();
+    symlink("/dev/null", etc.join("60-vendor.toml")).unwrap();
+    lab.start(&[]);
+    let app = lab.cgroup.child("app.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec![EPERM], "one vendor file still denies");
+
+    // An empty file masks too.
+    fs::write(etc.join("61-vendor.toml"), "").unwrap();
+    assert!(lab.reload().contains("reloaded"));
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec!["ok"], "both vendor files masked");
+}
+
+#[test]
+fn bad_file_is_skipped_at_start_and_rejected_at_reload() {
+    require_lab!();
+    let mut lab = Lab::new(&format!("[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}\"\n"));
+    write_rules(lab.root.path(), "etc", "60-bad.toml", "[[rule]]\naction = \"deny\"\nport = 70000\n");
+    lab.start_degraded(&[]);
+    let log = lab.daemon().log();
+    assert!(log.contains("60-bad.toml:3:8"), "the bad file's error names file:line:column:\n{log}");
+    assert!(log.contains("degraded"), "the daemon says it runs degraded:\n{log}");
+
+    let app = lab.cgroup.child("app.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec![EPERM], "good file in force");
+
+    // A reload where the good file turns permissive but another file is bad keeps everything.
+    write_rules(lab.root.path(), "etc", "50-test.toml", "");
+    write_rules(lab.root.path(), "etc", "60-bad.toml", "[[rule]]\naction = \"maybe\"\n");
+    let outcome = lab.reload();
+    assert!(outcome.contains("rejected the reload"), "{outcome}");
+    assert!(outcome.contains("60-bad.toml:2:10"), "{outcome}");
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec![EPERM], "previous rules in force");
+
+    fs::remove_file(lab.root.path().join("etc/slicewall/rules.d/60-bad.toml")).unwrap();
+    assert!(lab.reload().contains("reloaded"));
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec!["ok"], "the fixed rules apply at once");
+}
+
+#[test]
+fn short_lived_processes_are_attributed_to_their_executable() {
+    require_lab!();
+    let Ok(curl) = which("curl") else {
+        println!("skipping: curl is not installed");
+        return;
+    };
+    let mut lab = Lab::new("");
+    lab.start(&[]);
+    let app = lab.cgroup.child("fetcher.service");
+    let url = format!("http://127.0.0.1:{}/", lab.network.loopback4.port);
+    const RUNS: usize = 500;
+    for _ in 0..RUNS {
+        let output = common::run_in(&app, &lab.network.client, &curl, &["-s", "-o", "/dev/null", "--max-time", "10", &url]);
+        assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    let port = lab.network.loopback4.port.to_string();
+    let count_for = |records: &[std::collections::HashMap<String, String>]| -> usize {
+        records
+            .iter()
+            .filter(|record| record.get("SLICEWALL_PORT") == Some(&port))
+            .map(|record| record.get("SLICEWALL_COUNT").and_then(|count| count.parse().ok()).unwrap_or(1))
+            .sum()
+    };
+    let records = lab.daemon().wait_for_audit(Duration::from_secs(10), "500 curl records", |records| count_for(records) >= RUNS);
+    assert_eq!(count_for(&records), RUNS, "one decision per connection");
+    let curl_path = curl.canonicalize().unwrap().display().to_string();
+    for record in records.iter().filter(|record| record.get("SLICEWALL_PORT") == Some(&port)) {
+        assert_eq!(record.get("SLICEWALL_EXE"), Some(&curl_path), "misattributed record: {record:?}");
+        assert_eq!(record["SLICEWALL_VERDICT"], "allow");
+    }
+}
+
+#[test]
+fn restart_lets_no_denied_connection_through() {
+    require_lab!();
+    let mut lab = Lab::new(&format!("[[rule]]\naction = \"deny\"\nunit = \"denied.service\"\naddress = \"{SERVER_V4}\"\n"));
+    lab.start(&[]);
+    let denied = lab.cgroup.child("denied.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+
+    let client = common::spawn_in(&denied, &lab.network.client, &probe(), &["--repeat", "3000", "tcp", &target]);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        lab.daemon_mut().restart(&[]);
+    }
+    let output = client.wait_with_output().unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3000);
+    let passed = lines.iter().filter(|line| !line.starts_with("error:")).count();
+    assert_eq!(passed, 0, "{passed} denied connections got through");
+    assert_eq!(lab.network.veth4.received.load(Ordering::SeqCst), 0, "the server accepted a denied connection");
+}
+
+#[test]
+fn two_daemons_on_separate_subtrees() {
+    require_lab!();
+    let mut strict = Lab::new(&format!("[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}\"\n"));
+    let mut lenient = Lab::new("");
+    strict.start(&[]);
+    lenient.start(&[]);
+    let strict_app = strict.cgroup.child("app.service");
+    let lenient_app = lenient.cgroup.child("app.service");
+    let strict_target = format!("{SERVER_V4}:{}", strict.network.veth4.port);
+    let lenient_target = format!("{SERVER_V4}:{}", lenient.network.veth4.port);
+    assert_eq!(strict.probe(&strict_app, &["--wait-ms", SETTLE, "tcp", &strict_target]), vec![EPERM]);
+    assert_eq!(lenient.probe(&lenient_app, &["--wait-ms", SETTLE, "tcp", &lenient_target]), vec!["ok"]);
+}
+
+#[test]
+fn cleanup_removes_the_gate() {
+    require_lab!();
+    let mut lab = Lab::new(&format!("[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}\"\n"));
+    lab.start(&[]);
+    let app = lab.cgroup.child("app.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec![EPERM]);
+
+    // A stopped daemon leaves the gate in force.
+    lab.daemon_mut().stop();
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec![EPERM], "gate after stop");
+
+    let pin_dir = lab.bpffs.pin_dir();
+    let status = std::process::Command::new(common::slicewalld()).arg("--cleanup").arg("--pin-dir").arg(&pin_dir).status().unwrap();
+    assert!(status.success());
+    assert!(!pin_dir.exists(), "pins left behind");
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec!["ok"], "gate after cleanup");
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|path| path.is_file()))
+        .ok_or(())
+}

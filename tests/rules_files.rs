@@ -1,0 +1,477 @@
+//! Loads rule files from drop-in directories laid out in temporary roots: overriding, masking,
+//! file selection and order, error reporting, and decisions that must not depend on file names.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use slicewall::rules::{
+    decide, load, load_strict, rule_directories, Action, Flow, ParseErrorKind, Protocol, Rule,
+    RuleError, Sha256Digest, Subject,
+};
+use slicewall::unit::{parse_cgroup_path, UnitInfo};
+use tempfile::TempDir;
+
+/// The three drop-in directories, highest precedence first.
+#[derive(Clone, Copy)]
+enum Directory {
+    Etc,
+    Run,
+    UsrLib,
+}
+
+impl Directory {
+    fn relative_path(self) -> &'static str {
+        match self {
+            Directory::Etc => "etc/slicewall/rules.d",
+            Directory::Run => "run/slicewall/rules.d",
+            Directory::UsrLib => "usr/lib/slicewall/rules.d",
+        }
+    }
+}
+
+/// A temporary root directory, removed on drop.
+struct Root {
+    directory: TempDir,
+}
+
+impl Root {
+    fn new() -> Self {
+        Root {
+            directory: tempfile::tempdir().expect("create temporary root"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.directory.path()
+    }
+
+    fn file_path(&self, directory: Directory, name: &str) -> PathBuf {
+        let directory = self.path().join(directory.relative_path());
+        fs::create_dir_all(&directory).expect("create rule directory");
+        directory.join(name)
+    }
+
+    fn write(&self, directory: Directory, name: &str, content: &str) -> PathBuf {
+        let path = self.file_path(directory, name);
+        fs::write(&path, content).expect("write rule file");
+        path
+    }
+
+    fn symlink(&self, directory: Directory, name: &str, target: &Path) -> PathBuf {
+        let path = self.file_path(directory, name);
+        symlink(target, &path).expect("create symbolic link");
+        path
+    }
+}
+
+fn rule(action: &str, extra: &str) -> String {
+    format!("[[rule]]\naction = \"{action}\"\n{extra}\n")
+}
+
+fn actions(rules: &[Rule]) -> Vec<Action> {
+    rules.iter().map(|rule| rule.action).collect()
+}
+
+fn ports(rules: &[Rule]) -> Vec<u16> {
+    rules
+        .iter()
+        .map(|rule| rule.destination.ports[0].first)
+        .collect()
+}
+
+#[test]
+fn directories_in_precedence_order() {
+    let directories = rule_directories(Path::new("/srv/image"));
+    assert_eq!(
+        directories,
+        [
+            PathBuf::from("/srv/image/etc/slicewall/rules.d"),
+            PathBuf::from("/srv/image/run/slicewall/rules.d"),
+            PathBuf::from("/srv/image/usr/lib/slicewall/rules.d"),
+        ]
+    );
+}
+
+#[test]
+fn missing_directories_load_empty() {
+    let root = Root::new();
+    let (rule_set, errors) = load(root.path());
+    assert!(rule_set.rules.is_empty());
+    assert!(rule_set.files.is_empty());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(load_strict(root.path()).is_ok());
+}
+
+#[test]
+fn higher_directory_overrides_whole_file() {
+    let root = Root::new();
+    root.write(
+        Directory::UsrLib,
+        "10-web.toml",
+        &(rule("deny", "port = 80") + &rule("deny", "port = 81")),
+    );
+    let run = root.write(Directory::Run, "10-web.toml", &rule("ask", "port = 82"));
+    let etc = root.write(Directory::Etc, "20-mail.toml", &rule("allow", "port = 25"));
+    root.write(
+        Directory::UsrLib,
+        "20-mail.toml",
+        &rule("deny", "port = 26"),
+    );
+
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(rule_set.files, [run.clone(), etc.clone()]);
+    assert_eq!(ports(&rule_set.rules), [82, 25]);
+    assert_eq!(actions(&rule_set.rules), [Action::Ask, Action::Allow]);
+    assert_eq!(rule_set.rules[0].origin.file, run);
+    assert_eq!(rule_set.rules[1].origin.file, etc);
+
+    let etc_web = root.write(Directory::Etc, "10-web.toml", &rule("allow", "port = 83"));
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(rule_set.files, [etc_web, etc]);
+    assert_eq!(ports(&rule_set.rules), [83, 25]);
+}
+
+#[test]
+fn empty_file_masks_name() {
+    let root = Root::new();
+    root.write(Directory::UsrLib, "10-web.toml", &rule("deny", "port = 80"));
+    root.write(
+        Directory::UsrLib,
+        "20-keep.toml",
+        &rule("deny", "port = 90"),
+    );
+    root.write(Directory::Etc, "10-web.toml", "");
+
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(ports(&rule_set.rules), [90]);
+    assert_eq!(rule_set.files.len(), 1);
+    assert!(rule_set.files[0].ends_with("usr/lib/slicewall/rules.d/20-keep.toml"));
+}
+
+#[test]
+fn dev_null_symlink_masks_name() {
+    let root = Root::new();
+    root.write(Directory::UsrLib, "10-web.toml", &rule("deny", "port = 80"));
+    root.symlink(Directory::Run, "10-web.toml", Path::new("/dev/null"));
+
+    let rule_set = load_strict(root.path()).unwrap();
+    assert!(rule_set.rules.is_empty());
+    assert!(rule_set.files.is_empty());
+}
+
+#[test]
+fn symlink_to_file_is_followed() {
+    let root = Root::new();
+    let shared = root.path().join("shared.toml");
+    fs::write(&shared, rule("deny", "port = 70")).unwrap();
+    let link = root.symlink(Directory::Etc, "10-shared.toml", &shared);
+    root.write(
+        Directory::UsrLib,
+        "10-shared.toml",
+        &rule("allow", "port = 71"),
+    );
+
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(ports(&rule_set.rules), [70]);
+    assert_eq!(rule_set.files, [link]);
+}
+
+#[test]
+fn dangling_symlink_is_error_and_keeps_name() {
+    let root = Root::new();
+    let link = root.symlink(
+        Directory::Etc,
+        "10-web.toml",
+        &root.path().join("missing.toml"),
+    );
+    root.write(
+        Directory::UsrLib,
+        "10-web.toml",
+        &rule("allow", "port = 80"),
+    );
+
+    let (rule_set, errors) = load(root.path());
+    assert!(
+        rule_set.rules.is_empty(),
+        "the lower file must not replace a broken override"
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(matches!(&errors[0], RuleError::ReadFile { path, .. } if *path == link));
+}
+
+#[test]
+fn only_toml_files_count() {
+    let root = Root::new();
+    root.write(Directory::Etc, "10-a.toml", &rule("deny", "port = 1"));
+    root.write(Directory::Etc, "20-b.conf", &rule("deny", "port = 2"));
+    root.write(Directory::Etc, "30-c.toml~", &rule("deny", "port = 3"));
+    root.write(Directory::Etc, ".40-d.toml", &rule("deny", "port = 4"));
+    root.write(Directory::Etc, ".toml", &rule("deny", "port = 5"));
+    root.write(Directory::Etc, "60-f.TOML", &rule("deny", "port = 6"));
+    fs::create_dir_all(root.file_path(Directory::Etc, "70-g.toml")).unwrap();
+    root.write(Directory::UsrLib, "70-g.toml", &rule("deny", "port = 7"));
+
+    let rule_set = load_strict(root.path()).unwrap();
+    // A directory named *.toml is skipped and does not take the name from the lower file.
+    assert_eq!(ports(&rule_set.rules), [1, 7]);
+}
+
+#[test]
+fn files_apply_in_lexical_order() {
+    let root = Root::new();
+    root.write(Directory::UsrLib, "20-b.toml", &rule("deny", "port = 20"));
+    root.write(Directory::Etc, "30-c.toml", &rule("deny", "port = 30"));
+    root.write(
+        Directory::Run,
+        "10-a.toml",
+        &(rule("deny", "port = 10") + &rule("deny", "port = 11")),
+    );
+    root.write(Directory::Etc, "B.toml", &rule("deny", "port = 2"));
+    root.write(Directory::Run, "a.toml", &rule("deny", "port = 3"));
+
+    let rule_set = load_strict(root.path()).unwrap();
+    // Byte order: digits, then upper case, then lower case.
+    assert_eq!(ports(&rule_set.rules), [10, 11, 20, 30, 2, 3]);
+    let names: Vec<&str> = rule_set
+        .files
+        .iter()
+        .map(|path| path.file_name().unwrap().to_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["10-a.toml", "20-b.toml", "30-c.toml", "B.toml", "a.toml"]
+    );
+}
+
+#[test]
+fn bad_file_skipped_by_load_rejected_by_strict() {
+    let root = Root::new();
+    root.write(Directory::Etc, "10-good.toml", &rule("deny", "port = 10"));
+    let bad = root.write(
+        Directory::Etc,
+        "20-bad.toml",
+        "[[rule]]\naction = \"deny\"\nport = 20\n\n[[rule]]\naction = \"deny\"\naddress = \"10.0.0.1/8\"\n",
+    );
+    root.write(
+        Directory::UsrLib,
+        "30-good.toml",
+        &rule("allow", "port = 30"),
+    );
+
+    let (rule_set, errors) = load(root.path());
+    assert_eq!(
+        ports(&rule_set.rules),
+        [10, 30],
+        "the bad file must contribute no rule"
+    );
+    assert_eq!(rule_set.files.len(), 2);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].to_string(),
+        format!(
+            "{}:7:11: field `address`: prefix \"10.0.0.1/8\" has host bits set, write \"10.0.0.0/8\"",
+            bad.display()
+        )
+    );
+
+    let strict_errors = load_strict(root.path()).unwrap_err();
+    assert_eq!(strict_errors.len(), 1);
+    assert!(matches!(
+        &strict_errors[0],
+        RuleError::Invalid { file, line: 7, column: 11, kind: ParseErrorKind::HostBitsSet { .. } } if *file == bad
+    ));
+}
+
+#[test]
+fn errors_from_several_files() {
+    let root = Root::new();
+    let first = root.write(
+        Directory::Etc,
+        "10-a.toml",
+        "[[rule]]\naction = \"deny\"\nport = 0\nprotocol = \"sctp\"\n",
+    );
+    let second = root.write(Directory::UsrLib, "20-b.toml", "[[rule\n");
+    let third = root.file_path(Directory::Run, "30-c.toml");
+    fs::write(&third, b"[[rule]]\naction = \"\xfe\"\n").unwrap();
+
+    let errors = load_strict(root.path()).unwrap_err();
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert!(
+        messages[0].starts_with(&format!("{}:3:8: field `port`", first.display())),
+        "{}",
+        messages[0]
+    );
+    assert!(
+        messages[1].starts_with(&format!("{}:4:12: field `protocol`", first.display())),
+        "{}",
+        messages[1]
+    );
+    assert!(
+        messages[2].starts_with(&format!("{}:1:", second.display())),
+        "{}",
+        messages[2]
+    );
+    assert_eq!(
+        messages[3],
+        format!("{}:2:11: invalid UTF-8", third.display())
+    );
+}
+
+#[test]
+fn unlistable_directory_is_error() {
+    let root = Root::new();
+    // A regular file where the directory belongs cannot be listed.
+    fs::create_dir_all(root.path().join("etc/slicewall")).unwrap();
+    fs::write(root.path().join("etc/slicewall/rules.d"), "not a directory").unwrap();
+    root.write(Directory::UsrLib, "10-a.toml", &rule("deny", "port = 1"));
+
+    let (rule_set, errors) = load(root.path());
+    assert_eq!(ports(&rule_set.rules), [1]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        matches!(&errors[0], RuleError::ListDirectory { path, .. } if path.ends_with("etc/slicewall/rules.d"))
+    );
+    assert!(load_strict(root.path()).is_err());
+}
+
+/// Returns the rule contents that the permutation test spreads over differently named files. Some
+/// rules tie on rank with a rule of different content (the two slices, the two /8 matches),
+/// and some are identical, so a tie-break that depends on file order would show.
+fn permutation_contents(digest: &str) -> [String; 5] {
+    [
+        rule("allow", "port = 443")
+            + &rule("deny", "port = 443\naddress = \"10.0.0.0/8\"")
+            + &rule(
+                "deny",
+                "port = 443\naddress = [\"10.0.0.0/8\", \"192.0.2.0/24\"]",
+            ),
+        rule("ask", "unit = \"app.slice\"")
+            + &rule("allow", "unit = \"app.slice\"\nprotocol = \"udp\""),
+        rule("deny", &format!("sha256 = \"{digest}\"\nport = 80")) + &rule("allow", "user = 1000"),
+        rule("ask", "unit = \"user.slice\"")
+            + &rule("allow", "user = 1000")
+            + &rule("deny", "exe = \"/usr/sbin/sshd\"\npriority = 5"),
+        rule("allow", "app = \"org.mozilla.*\"\naddress = \"::/0\"")
+            + &rule("ask", "port = [80, 443]"),
+    ]
+}
+
+/// Decides every subject-flow pair of the permutation test against one rule set. Returns each
+/// winning rule as text without its origin.
+fn decisions(rules: &[Rule], units: &[UnitInfo], digest: &Sha256Digest) -> Vec<Option<String>> {
+    let flows = [
+        Flow {
+            protocol: Protocol::Tcp,
+            address: "10.1.2.3".parse().unwrap(),
+            port: 443,
+        },
+        Flow {
+            protocol: Protocol::Tcp,
+            address: "192.0.2.1".parse().unwrap(),
+            port: 80,
+        },
+        Flow {
+            protocol: Protocol::Udp,
+            address: "192.0.2.1".parse().unwrap(),
+            port: 53,
+        },
+        Flow {
+            protocol: Protocol::Tcp,
+            address: "2001:db8::1".parse().unwrap(),
+            port: 443,
+        },
+        Flow {
+            protocol: Protocol::Tcp,
+            address: "::ffff:10.0.0.1".parse().unwrap(),
+            port: 22,
+        },
+    ];
+    let executables = [
+        None,
+        Some(Path::new("/usr/bin/curl")),
+        Some(Path::new("/usr/sbin/sshd")),
+    ];
+
+    let mut results = Vec::new();
+    for unit in units {
+        for exe in executables {
+            for (sha256, uid) in [(None, 0), (Some(digest), 1000)] {
+                let subject = Subject {
+                    unit,
+                    exe,
+                    sha256,
+                    uid,
+                };
+                for flow in &flows {
+                    let decided = decide(rules, &subject, flow).map(|rule| {
+                        format!(
+                            "{:?} {} {:?} {:?}",
+                            rule.action, rule.priority, rule.selectors, rule.destination
+                        )
+                    });
+                    results.push(decided);
+                }
+            }
+        }
+    }
+    results
+}
+
+#[test]
+fn decisions_independent_of_file_names() {
+    let digest_text = "ab".repeat(32);
+    let digest: Sha256Digest = digest_text.parse().unwrap();
+    let contents = permutation_contents(&digest_text);
+    let units = [
+        parse_cgroup_path("/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-org.gnome.Terminal-4321.scope"),
+        parse_cgroup_path("/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.mozilla.firefox-777.scope"),
+        parse_cgroup_path("/system.slice/sshd.service"),
+    ];
+    let names = [
+        "10-a.toml",
+        "20-b.toml",
+        "30-c.toml",
+        "40-d.toml",
+        "50-e.toml",
+    ];
+    let directories = [Directory::Etc, Directory::Run, Directory::UsrLib];
+
+    let mut expected: Option<Vec<Option<String>>> = None;
+    let mut order: Vec<usize> = (0..contents.len()).collect();
+    let mut permutations = 0;
+    loop {
+        let root = Root::new();
+        for (slot, &content_index) in order.iter().enumerate() {
+            let directory = directories[(slot + content_index) % directories.len()];
+            root.write(directory, names[slot], &contents[content_index]);
+        }
+        let rule_set = load_strict(root.path()).unwrap();
+        assert_eq!(rule_set.rules.len(), 12);
+
+        let results = decisions(&rule_set.rules, &units, &digest);
+        assert!(results.iter().any(Option::is_some));
+        match &expected {
+            None => expected = Some(results),
+            Some(expected) => assert_eq!(&results, expected, "file order {order:?}"),
+        }
+        permutations += 1;
+
+        if !next_permutation(&mut order) {
+            break;
+        }
+    }
+    assert_eq!(permutations, 120);
+}
+
+/// Steps `items` to the next permutation in lexical order. Returns false after the last one.
+fn next_permutation(items: &mut [usize]) -> bool {
+    let Some(pivot) = items.windows(2).rposition(|pair| pair[0] < pair[1]) else {
+        return false;
+    };
+    let successor = items.iter().rposition(|&item| item > items[pivot]).unwrap();
+    items.swap(pivot, successor);
+    items[pivot + 1..].reverse();
+    true
+}

@@ -151,6 +151,9 @@ static __always_inline void fill_event(struct slicewall_event *event, __u32 kind
 static __always_inline void send_event(__u32 kind, const struct flow *flow, const struct decision *decision)
 {
 	struct slicewall_event *event;
+	/* Audit records can wait for the daemon's next periodic read; flows that need the daemon
+	 * wake it at once. */
+	__u64 wakeup = kind == SLICEWALL_EVENT_DECISION ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
 
 	event = bpf_ringbuf_reserve(&slicewall_events, sizeof(*event), 0);
 	if (!event) {
@@ -163,7 +166,7 @@ static __always_inline void send_event(__u32 kind, const struct flow *flow, cons
 		event->verdict = decision->verdict;
 		event->reason = decision->reason;
 	}
-	bpf_ringbuf_submit(event, 0);
+	bpf_ringbuf_submit(event, wakeup);
 }
 
 static __always_inline int is_ipv4_mapped(const __u8 *address)
@@ -231,6 +234,57 @@ static __always_inline int evaluate_policy(__u32 policy, const struct flow *flow
 	return 0;
 }
 
+static __always_inline int same_address(const __u8 *a, const __u8 *b)
+{
+	__u64 a_high, a_low, b_high, b_low;
+
+	/* clang turns __builtin_memcmp into a call the loader cannot resolve. */
+	__builtin_memcpy(&a_high, a, 8);
+	__builtin_memcpy(&a_low, a + 8, 8);
+	__builtin_memcpy(&b_high, b, 8);
+	__builtin_memcpy(&b_low, b + 8, 8);
+	return a_high == b_high && a_low == b_low;
+}
+
+static __always_inline int same_destination(const struct slicewall_sock *storage, const struct flow *flow)
+{
+	return storage->last_port == flow->port && storage->last_protocol == flow->protocol &&
+	       same_address(storage->last_address, flow->address);
+}
+
+/* Returns the socket's last verdict if it still holds for this flow, else 0. */
+static __always_inline __u8 cached_verdict(const struct slicewall_sock *storage, const struct slicewall_config *cfg,
+					   const struct flow *flow)
+{
+	if (!storage || storage->last_generation != cfg->generation || storage->last_tgid != flow->tgid ||
+	    storage->last_exe_id != flow->exe_id || storage->last_uid != flow->uid || !same_destination(storage, flow))
+		return 0;
+	return storage->last_verdict;
+}
+
+/* Remembers a decision on the socket. Returns 1 when it repeats the last audited one (same
+ * destination, verdict and rule), which needs no new audit record. */
+static __always_inline int remember_decision(struct slicewall_sock *storage, const struct slicewall_config *cfg,
+					     const struct flow *flow, const struct decision *decision)
+{
+	int repeat;
+
+	if (!storage)
+		return 0;
+	repeat = same_destination(storage, flow) && storage->last_verdict == decision->verdict &&
+		 storage->last_rule_id == decision->rule_id;
+	storage->last_generation = cfg->generation;
+	storage->last_tgid = flow->tgid;
+	storage->last_exe_id = flow->exe_id;
+	storage->last_uid = flow->uid;
+	storage->last_port = flow->port;
+	storage->last_protocol = flow->protocol;
+	storage->last_verdict = decision->verdict;
+	storage->last_rule_id = decision->rule_id;
+	__builtin_memcpy(storage->last_address, flow->address, sizeof(flow->address));
+	return repeat;
+}
+
 /* Hands a flow the gate cannot decide to the daemon. A connect is held: the syscall goes on,
  * and the egress program drops the socket's packets until the daemon removes the hold. */
 static __always_inline int pend(void *sk, const struct flow *flow, int is_connect)
@@ -277,6 +331,7 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	struct slicewall_task *task;
 	struct flow flow = {};
 	__u32 *policy;
+	__u8 cached;
 	int result;
 
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
@@ -316,6 +371,12 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	if (!task)
 		return pend(ctx->sk, &flow, is_connect);
 	flow.exe_id = task->exe_id;
+	cfg = config();
+	if (!cfg)
+		return SK_DROP;
+	cached = cached_verdict(storage, cfg, &flow);
+	if (cached)
+		return cached == SLICEWALL_VERDICT_ALLOW ? SK_PASS : SK_DROP;
 
 	subject.cgroup_id = flow.cgroup_id;
 	subject.exe_id = flow.exe_id;
@@ -324,9 +385,6 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	if (!policy)
 		return pend(ctx->sk, &flow, is_connect);
 
-	cfg = config();
-	if (!cfg)
-		return SK_DROP;
 	result = evaluate_policy(*policy, &flow, &best);
 	if (result < 0 || evaluate_policy(cfg->global_policy, &flow, &best) < 0)
 		return pend(ctx->sk, &flow, is_connect);
@@ -336,7 +394,8 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 		best.reason = SLICEWALL_REASON_NO_RULE;
 	}
 	count(SLICEWALL_STAT_DECISIONS);
-	send_event(SLICEWALL_EVENT_DECISION, &flow, &best);
+	if (!remember_decision(storage, cfg, &flow, &best))
+		send_event(SLICEWALL_EVENT_DECISION, &flow, &best);
 	return best.verdict == SLICEWALL_VERDICT_ALLOW ? SK_PASS : SK_DROP;
 }
 

@@ -55,6 +55,8 @@ struct slicewall_config {
 	__u32 next_id;          /* identifier allocator shared by successive daemons */
 	__u32 guard_level;      /* depth of the guarded cgroup below the cgroup v2 root */
 	__u64 guard_cgroup_id;  /* the guarded cgroup; exec tracking ignores tasks outside it */
+	__u32 generation;       /* changes whenever the rules change, voiding cached verdicts */
+	__u32 padding;
 };
 
 struct slicewall_task {
@@ -100,7 +102,18 @@ struct slicewall_list {
 struct slicewall_sock {
 	__u64 cgroup_id; /* cgroup of the task that created the socket */
 	__u32 flags;
-	__u32 padding;
+	/* The socket's last decision. A socket that sends datagram after datagram to one
+	 * destination makes one flow: later datagrams reuse the verdict while the rules, the
+	 * process and its executable stay the same, and the flow is audited once. */
+	__u32 last_rule_id;
+	__u32 last_generation;
+	__u32 last_tgid;
+	__u32 last_exe_id;
+	__u32 last_uid;
+	__u8 last_address[16];
+	__u16 last_port;
+	__u8 last_protocol;
+	__u8 last_verdict;
 };
 
 struct slicewall_event {

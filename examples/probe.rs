@@ -8,6 +8,9 @@
 //! ```
 //! Prints `ok`, or `error: NAME (errno N)`, and exits 0 or 1. `--repeat N` makes N flows and
 //! prints one line each; `--wait-ms N` waits before the first (to race nothing with exec).
+//!
+//! For benchmarks, `loop-tcp` (connect and close) and `loop-udp` (one sendto) with
+//! `--repeat N` make N flows as fast as they can and print `N flows in S seconds`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -37,6 +40,10 @@ fn main() -> ExitCode {
     };
     std::thread::sleep(Duration::from_millis(wait_ms));
 
+    if let Some(benchmark) = kind.strip_prefix("loop-") {
+        return run_loop(benchmark, target, repeat);
+    }
+
     let mut failed = false;
     for _ in 0..repeat {
         let result = match kind.as_str() {
@@ -58,6 +65,28 @@ fn main() -> ExitCode {
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// Makes `count` flows back to back and prints how long they took.
+fn run_loop(kind: &str, target: SocketAddr, count: u32) -> ExitCode {
+    let socket = bind_any(target).expect("bind a UDP socket");
+    let start = std::time::Instant::now();
+    for _ in 0..count {
+        let result = match kind {
+            "tcp" => TcpStream::connect(target).map(drop),
+            "udp" => socket.send_to(b"x", target).map(drop),
+            other => {
+                eprintln!("probe: unknown loop kind {other:?}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(error) = result {
+            eprintln!("probe: {kind} flow to {target} failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("{count} flows in {:.6} seconds", start.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
 }
 
 fn tcp(target: SocketAddr) -> std::io::Result<()> {

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::kernel::abi::{self, Candidate, List};
+
 use crate::rules::{rank, Action, Protocol, Rule};
 
 /// One rule with the identifier the gate reports when the rule decides a flow.
@@ -99,7 +100,7 @@ fn mask(address: [u8; 16], length: u8) -> [u8; 16] {
 /// One compiled policy: for each prefix, the candidate list the gate scans.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledPolicy {
-    pub prefixes: Vec<(Prefix, List)>,
+    pub prefixes: Vec<(Prefix, CandidateList)>,
 }
 
 /// Compiles the rules of one policy. `ask_verdict` is what an `ask` rule decides while no prompt
@@ -177,8 +178,32 @@ fn candidates_of<'a>(
     })
 }
 
+/// The candidates of one prefix, best first, in the compact form the daemon keeps; [`List`] is
+/// the fixed-size form the gate reads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CandidateList {
+    Candidates(Vec<Candidate>),
+    /// More candidates than the gate scans ([`abi::LIST_MAX`]), so the daemon decides.
+    Overflow,
+}
+
+impl CandidateList {
+    /// The form the gate reads.
+    pub fn to_gate(&self) -> List {
+        let mut list = List::default();
+        match self {
+            CandidateList::Overflow => list.length = abi::LIST_OVERFLOW,
+            CandidateList::Candidates(candidates) => {
+                list.length = candidates.len() as u32;
+                list.candidates[..candidates.len()].copy_from_slice(candidates);
+            }
+        }
+        list
+    }
+}
+
 /// Sorts candidates best first and drops those an earlier candidate always shadows.
-fn build_list(mut candidates: Vec<Candidate>) -> List {
+fn build_list(mut candidates: Vec<Candidate>) -> CandidateList {
     candidates.sort_by(|a, b| b.rank.cmp(&a.rank).then(a.rule_id.cmp(&b.rule_id)).then(a.port_first.cmp(&b.port_first)));
     let mut kept: Vec<Candidate> = Vec::new();
     for candidate in candidates {
@@ -191,15 +216,11 @@ fn build_list(mut candidates: Vec<Candidate>) -> List {
             kept.push(candidate);
         }
     }
-
-    let mut list = List::default();
     if kept.len() > abi::LIST_MAX {
-        list.length = abi::LIST_OVERFLOW;
-        return list;
+        return CandidateList::Overflow;
     }
-    list.length = kept.len() as u32;
-    list.candidates[..kept.len()].copy_from_slice(&kept);
-    list
+    kept.shrink_to_fit();
+    CandidateList::Candidates(kept)
 }
 
 /// The answer of one policy for a flow, found as the gate finds it.
@@ -224,10 +245,10 @@ impl CompiledPolicy {
         let Some((_, list)) = longest else {
             return Evaluation::NoMatch;
         };
-        if list.length == abi::LIST_OVERFLOW {
+        let CandidateList::Candidates(candidates) = list else {
             return Evaluation::Overflow;
-        }
-        list.candidates[..list.length as usize]
+        };
+        candidates
             .iter()
             .find(|candidate| {
                 (candidate.protocol == 0 || candidate.protocol == protocol)

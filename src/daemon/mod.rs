@@ -57,19 +57,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard.context("failed to wait for gate events")?;
-                let ring = guard.get_inner_mut();
-                let mut batch = Vec::new();
-                while let Some(record) = ring.next() {
-                    if let Some(event) = Event::from_bytes(&record) {
-                        batch.push(event);
-                    }
-                }
+                let batch = drain(guard.get_inner_mut());
                 guard.clear_ready();
-                for event in batch {
-                    daemon.handle_event(&event);
-                }
+                daemon.handle_events(&batch);
             }
             _ = tick.tick() => {
+                // Audit records do not wake the daemon, so they are read here.
+                let batch = drain(events.get_mut());
+                daemon.handle_events(&batch);
                 daemon.retry_destroys();
                 ticks = ticks.wrapping_add(1);
                 if ticks % 100 == 0 {
@@ -85,6 +80,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.stop();
     Ok(())
+}
+
+/// Reads every record in the ring buffer.
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Event> {
+    let mut batch = Vec::new();
+    while let Some(record) = ring.next() {
+        if let Some(event) = Event::from_bytes(&record) {
+            batch.push(event);
+        }
+    }
+    batch
 }
 
 struct PendingDestroy {
@@ -227,6 +233,12 @@ impl Daemon {
         }
     }
 
+    fn handle_events(&mut self, events: &[Event]) {
+        for event in events {
+            self.handle_event(event);
+        }
+    }
+
     fn handle_event(&mut self, event: &Event) {
         match event.kind {
             abi::EVENT_EXEC => {
@@ -243,7 +255,8 @@ impl Daemon {
     fn identify(&mut self, tgid: u32, cgroup_id: u64, uid: u32) -> Option<(SubjectKey, SubjectInfo)> {
         let exe = match self.exes.identify_pid(tgid) {
             Ok(exe) => exe,
-            Err(ExeError::ProcessGone(_)) => return None,
+            // The process exited (or is a zombie) before the daemon looked: nothing to decide.
+            Err(ExeError::ProcessGone(_) | ExeError::NoExecutable(_)) => return None,
             Err(error) => {
                 tracing::warn!("failed to identify the executable of pid {tgid}: {error}, ignoring");
                 return None;

@@ -7,9 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::exe::ExeIdentity;
-use crate::kernel::abi::{self, List, SubjectKey};
+use crate::kernel::abi::{self, SubjectKey};
 use crate::kernel::gate::{Gate, GateError};
-use crate::policy::{self, NumberedRule};
+use crate::policy::{self, CandidateList, NumberedRule};
 use crate::rules::{self, Action, Flow, Rule, Subject};
 use crate::unit::UnitInfo;
 
@@ -42,7 +42,7 @@ struct Generation {
     ids: Vec<u32>,
     global_policy: u32,
     policies: HashMap<Vec<u32>, u32>,
-    lists: HashMap<List, u32>,
+    lists: HashMap<CandidateList, u32>,
 }
 
 pub struct Tables {
@@ -115,6 +115,9 @@ impl Tables {
         let mut config = gate.read_config()?;
         config.global_policy = global_policy;
         config.next_id = self.next_id;
+        // Voids the verdicts sockets cached under the previous rules; zero is never used, so a
+        // fresh socket's zeroed cache never matches.
+        config.generation = config.generation.wrapping_add(1).max(1);
         gate.write_config(config)?;
 
         let policies: HashSet<u32> =
@@ -173,7 +176,7 @@ impl Tables {
                 None => {
                     let id = self.allocate();
                     gate.lists
-                        .insert(id, list, 0)
+                        .insert(id, list.to_gate(), 0)
                         .map_err(|source| GateError::MapUpdate { name: "slicewall_lists", source })?;
                     self.current.lists.insert(list, id);
                     id

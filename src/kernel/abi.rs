@@ -41,6 +41,8 @@ pub struct Config {
     pub next_id: u32,
     pub guard_level: u32,
     pub guard_cgroup_id: u64,
+    pub generation: u32,
+    pub padding: u32,
 }
 
 #[repr(C)]
@@ -140,7 +142,7 @@ unsafe impl aya::Pod for List {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Held {}
 
-const _: () = assert!(std::mem::size_of::<Config>() == 32);
+const _: () = assert!(std::mem::size_of::<Config>() == 40);
 const _: () = assert!(std::mem::size_of::<SubjectKey>() == 16);
 const _: () = assert!(std::mem::size_of::<aya::maps::lpm_trie::Key<PrefixData>>() == 28);
 const _: () = assert!(std::mem::size_of::<Candidate>() == 24);

@@ -396,6 +396,8 @@ pub fn initial_config(previous: Config, fail_verdict: u8, guard_level: u32, guar
         next_id: previous.next_id.max(1),
         guard_level,
         guard_cgroup_id,
+        generation: previous.generation,
+        padding: 0,
     }
 }
 

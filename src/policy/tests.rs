@@ -102,11 +102,12 @@ fn shadowed_candidates_are_dropped_and_long_lists_overflow() {
     let compiled = compile(&numbered(&rules), ASK);
     // Both rules match; the port rule ranks higher (narrower port), and the any-port deny after
     // it stays because it covers other ports.
-    assert_eq!(compiled.prefixes[0].1.length, 2);
+    assert!(matches!(&compiled.prefixes[0].1, CandidateList::Candidates(list) if list.len() == 2));
 
     let many: Vec<Rule> = (1..=40).map(|port| rule(Action::Deny, &[], &[(port, port)], Protocol::Any)).collect();
     let compiled = compile(&numbered(&many), ASK);
-    assert_eq!(compiled.prefixes[0].1.length, abi::LIST_OVERFLOW);
+    assert_eq!(compiled.prefixes[0].1, CandidateList::Overflow);
+    assert_eq!(compiled.prefixes[0].1.to_gate().length, abi::LIST_OVERFLOW);
     assert_eq!(compiled.evaluate("192.0.2.1".parse().unwrap(), 6, 5), Evaluation::Overflow);
 }
 

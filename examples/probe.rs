@@ -9,6 +9,9 @@
 //! Prints `ok`, or `error: NAME (errno N)`, and exits 0 or 1. `--repeat N` makes N flows and
 //! prints one line each; `--wait-ms N` waits before the first (to race nothing with exec).
 //!
+//! `--via thread` makes each flow from a new thread, `--via fork` from a forked child that does
+//! not exec; the child's line says `ok pid N` with its PID.
+//!
 //! For benchmarks, `loop-tcp` (connect and close) and `loop-udp` (one sendto) with
 //! `--repeat N` make N flows as fast as they can and print `N flows in S seconds`.
 
@@ -21,12 +24,14 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut repeat = 1u32;
     let mut wait_ms = 0u64;
+    let mut via = String::from("process");
     let mut positional = Vec::new();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--repeat" => repeat = iter.next().and_then(|value| value.parse().ok()).unwrap_or(1),
             "--wait-ms" => wait_ms = iter.next().and_then(|value| value.parse().ok()).unwrap_or(0),
+            "--via" => via = iter.next().cloned().unwrap_or_default(),
             _ => positional.push(arg.clone()),
         }
     }
@@ -44,14 +49,26 @@ fn main() -> ExitCode {
         return run_loop(benchmark, target, repeat);
     }
 
+    let flow: fn(SocketAddr) -> std::io::Result<()> = match kind.as_str() {
+        "tcp" => tcp,
+        "udp-connect" => udp_connect,
+        "udp-sendto" => udp_sendto,
+        other => {
+            eprintln!("probe: unknown flow kind {other:?}");
+            return ExitCode::from(2);
+        }
+    };
     let mut failed = false;
     for _ in 0..repeat {
-        let result = match kind.as_str() {
-            "tcp" => tcp(target),
-            "udp-connect" => udp_connect(target),
-            "udp-sendto" => udp_sendto(target),
+        let result = match via.as_str() {
+            "process" => flow(target),
+            "thread" => std::thread::spawn(move || flow(target)).join().expect("flow thread panicked"),
+            "fork" => {
+                forked(flow, target);
+                continue;
+            }
             other => {
-                eprintln!("probe: unknown flow kind {other:?}");
+                eprintln!("probe: unknown --via {other:?}");
                 return ExitCode::from(2);
             }
         };
@@ -65,6 +82,32 @@ fn main() -> ExitCode {
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// Makes one flow from a forked child, which prints its own line and PID.
+fn forked(flow: fn(SocketAddr) -> std::io::Result<()>, target: SocketAddr) {
+    use std::io::Write as _;
+
+    let _ = std::io::stdout().flush();
+    // SAFETY: the process is single-threaded here (no flow thread is running), so the child
+    // may run ordinary Rust code until it exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let line = match flow(target) {
+            Ok(()) => "ok".to_owned(),
+            Err(error) => {
+                let errno = error.raw_os_error().unwrap_or(0);
+                format!("error: {} (errno {errno})", errno_name(errno))
+            }
+        };
+        println!("{line} pid {}", std::process::id());
+        let _ = std::io::stdout().flush();
+        // SAFETY: _exit ends the child without running the parent's exit handlers twice.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child this function forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
 /// Makes `count` flows back to back and prints how long they took.

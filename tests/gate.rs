@@ -163,9 +163,9 @@ fn verdicts_do_not_depend_on_file_names() {
     let mut lab = Lab::new("");
     let files = [
         // Global deny of the veth server, lower than any identity rule.
-        format!("[[rule]]\naction = \"deny\"\naddress = \"192.0.2.0/24\"\n"),
+        "[[rule]]\naction = \"deny\"\naddress = \"192.0.2.0/24\"\n".to_owned(),
         // An exact unit beats anyone: allowed.
-        format!("[[rule]]\naction = \"allow\"\nunit = \"trusted.service\"\naddress = \"192.0.2.0/24\"\n"),
+        "[[rule]]\naction = \"allow\"\nunit = \"trusted.service\"\naddress = \"192.0.2.0/24\"\n".to_owned(),
         // Same identity and destination: deny beats allow at a tie.
         format!("[[rule]]\naction = \"allow\"\nunit = \"tie.service\"\naddress = \"{SERVER_V4}\"\n\n[[rule]]\naction = \"deny\"\nunit = \"tie.service\"\naddress = \"{SERVER_V4}\"\n"),
         // Priority beats specificity: TCP to the echo port is allowed for everyone.
@@ -346,4 +346,83 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|path| path.is_file()))
         .ok_or(())
+}
+
+/// Copies the probe to `dir/name/client`, so a rule can name that executable alone.
+fn copy_probe(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name).join("client");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::copy(probe(), &path).unwrap();
+    path
+}
+
+#[test]
+fn forked_children_threads_and_exec_are_attributed() {
+    require_lab!();
+    let bins = tempfile::tempdir().unwrap();
+    let denied = copy_probe(bins.path(), "denied");
+    let allowed = copy_probe(bins.path(), "allowed");
+    let mut lab = Lab::new(&format!("[[rule]]\naction = \"deny\"\nexe = \"{}\"\n", denied.display()));
+    lab.start(&[]);
+    let app = lab.cgroup.child("app.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    let is_denied = |line: &str| line.starts_with(EPERM) || line.starts_with("error: ECONNABORTED");
+
+    // A forked child that does not exec is a new process the gate has not seen: it is
+    // identified from its executable, which it shares with its parent.
+    let lines = lab.probe_with(&denied, &app, &["--wait-ms", SETTLE, "--via", "fork", "tcp", &target]);
+    assert_eq!(lines.len(), 1);
+    assert!(is_denied(&lines[0]), "forked child of a denied executable: {}", lines[0]);
+    let child_pid = lines[0].rsplit(' ').next().unwrap().to_owned();
+    let lines = lab.probe_with(&allowed, &app, &["--wait-ms", SETTLE, "--via", "fork", "tcp", &target]);
+    assert!(lines[0].starts_with("ok pid "), "forked child of an allowed executable: {}", lines[0]);
+
+    // Threads share their process's identity.
+    assert_eq!(lab.probe_with(&denied, &app, &["--wait-ms", SETTLE, "--via", "thread", "tcp", &target]), vec![EPERM]);
+    assert_eq!(lab.probe_with(&allowed, &app, &["--wait-ms", SETTLE, "--via", "thread", "tcp", &target]), vec!["ok"]);
+
+    // A shell that replaces itself with the client right before the flow: the flow belongs to
+    // the client, never to the shell.
+    let shell = std::path::Path::new("/bin/sh");
+    for _ in 0..5 {
+        let command = format!("exec {} tcp {target}", denied.display());
+        let lines = lab.probe_with(shell, &app, &["-c", &command]);
+        assert!(is_denied(&lines[0]), "denied executable right after exec: {lines:?}");
+        let command = format!("exec {} tcp {target}", allowed.display());
+        assert_eq!(lab.probe_with(shell, &app, &["-c", &command]), vec!["ok"], "allowed executable right after exec");
+    }
+    assert_eq!(lab.network.veth4.received.load(Ordering::SeqCst), 1 + 1 + 5, "only the allowed flows reached the server");
+
+    let denied_path = denied.display().to_string();
+    let records = lab.daemon().wait_for_audit(Duration::from_secs(5), "the forked child's record", |records| {
+        records.iter().any(|record| record.get("SLICEWALL_PID") == Some(&child_pid))
+    });
+    let child = records.iter().find(|record| record.get("SLICEWALL_PID") == Some(&child_pid)).unwrap();
+    assert_eq!(child["SLICEWALL_EXE"], denied_path);
+    assert_eq!(child["SLICEWALL_VERDICT"], "deny");
+    let port = lab.network.veth4.port.to_string();
+    for record in records.iter().filter(|record| record.get("SLICEWALL_PORT") == Some(&port)) {
+        assert_ne!(record.get("SLICEWALL_COMM").map(String::as_str), Some("sh"), "a flow attributed to the shell: {record:?}");
+        let verdict = &record["SLICEWALL_VERDICT"];
+        let exe = &record["SLICEWALL_EXE"];
+        assert_eq!(verdict == "deny", exe == &denied_path, "verdict {verdict} for {exe}");
+    }
+}
+
+#[test]
+fn ask_rule_applies_the_configured_fallback() {
+    require_lab!();
+    let mut lab = Lab::new(&format!("[[rule]]\naction = \"ask\"\nunit = \"app.service\"\naddress = \"{SERVER_V4}\"\n"));
+    lab.start(&["--ask-fallback", "deny"]);
+    let app = lab.cgroup.child("app.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec![EPERM]);
+    let records = lab.daemon().wait_for_audit(Duration::from_secs(5), "an ask-fallback record", |records| {
+        records.iter().any(|record| record.get("SLICEWALL_REASON").map(String::as_str) == Some("ask-fallback"))
+    });
+    let record = records.iter().find(|record| record["SLICEWALL_REASON"] == "ask-fallback").unwrap();
+    assert_eq!(record["SLICEWALL_VERDICT"], "deny");
+
+    lab.daemon_mut().restart(&["--ask-fallback", "allow"]);
+    assert_eq!(lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]), vec!["ok"]);
 }

@@ -278,7 +278,7 @@ pub fn is_bpffs(path: &Path) -> bool {
     // the right type; statfs writes it completely on success.
     let result = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
     // SAFETY: statfs returned 0, so it filled the structure.
-    result == 0 && unsafe { stat.assume_init() }.f_type as i64 == BPF_FS_MAGIC
+    result == 0 && unsafe { stat.assume_init() }.f_type == BPF_FS_MAGIC
 }
 
 fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook, cgroup: &fs::File) -> Result<FdLink, GateError> {

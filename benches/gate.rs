@@ -78,8 +78,8 @@ fn many_rules(count: u32) -> String {
     text
 }
 
-/// A TCP listener that accepts and closes, and a UDP socket that drops what it gets, on the
-/// client namespace's loopback.
+/// Starts a TCP listener that accepts and closes, and a UDP socket that drops what it receives,
+/// on the client namespace's loopback.
 fn start_sinks(lab: &Lab) -> (u16, u16) {
     lab.network
         .client

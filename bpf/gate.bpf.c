@@ -6,7 +6,7 @@
  * is connecting (socket cgroup, executable of the calling process, uid) in maps the daemon
  * fills, then evaluate the compiled rules of that identity and of everyone. What the maps cannot
  * decide goes to the daemon: a connect is held (allowed by the syscall, but every packet of the
- * socket is dropped at egress until the daemon answers), a datagram is rejected.
+ * socket is dropped at egress until the daemon decides), and a datagram is rejected.
  *
  * Only context structs and helpers are used, so the programs load without kernel BTF.
  */
@@ -360,7 +360,7 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	}
 	flow.family = is_ipv4_mapped(flow.address) ? SLICEWALL_FAMILY_IPV4 : SLICEWALL_FAMILY_IPV6;
 
-	/* The socket's cgroup is fixed when the socket is created, as nftables sees it. */
+	/* The socket's cgroup is the one it was created in, which is also what nftables matches. */
 	storage = bpf_sk_storage_get(&slicewall_socks, ctx->sk, 0, 0);
 	flow.cgroup_id = storage && storage->cgroup_id ? storage->cgroup_id : bpf_get_current_cgroup_id();
 	flow.cookie = bpf_get_socket_cookie(ctx);
@@ -496,7 +496,7 @@ int slicewall_egress(struct __sk_buff *skb)
 }
 
 /* Shortens the first SYN retransmission of a held socket, so that a connection the daemon
- * allows completes soon after the answer instead of after the default one second. */
+ * allows completes soon after the verdict instead of after the default one second. */
 SEC("sockops")
 int slicewall_sockops(struct bpf_sock_ops *ops)
 {

@@ -12,7 +12,7 @@
 #define SLICEWALL_VERDICT_ALLOW 1
 #define SLICEWALL_VERDICT_DENY 2
 
-/* Why a verdict was reached; reported in events. */
+/* Reasons for a verdict, reported in events. */
 #define SLICEWALL_REASON_RULE 1
 #define SLICEWALL_REASON_NO_RULE 2
 #define SLICEWALL_REASON_ASK_FALLBACK 3

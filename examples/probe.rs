@@ -1,5 +1,5 @@
 //! A network client for slicewall's tests and trials: makes one kind of outbound flow and
-//! prints what the kernel answered, so a test can tell an allowed flow from a denied one.
+//! prints the kernel's result, so a test can tell an allowed flow from a denied one.
 //!
 //! ```text
 //! probe tcp ADDRESS:PORT       connect() over TCP, then close

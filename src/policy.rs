@@ -55,7 +55,8 @@ impl Prefix {
         }
     }
 
-    /// The single address of a flow; an IPv4-mapped IPv6 address is IPv4.
+    /// Builds the single-address prefix of a flow's destination. An IPv4-mapped IPv6 address
+    /// is IPv4.
     pub fn from_address(address: IpAddr) -> Self {
         let address = match address {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
@@ -188,7 +189,7 @@ pub enum CandidateList {
 }
 
 impl CandidateList {
-    /// The form the gate reads.
+    /// Converts the list to the fixed-size form the gate reads.
     pub fn to_gate(&self) -> List {
         let mut list = List::default();
         match self {
@@ -223,7 +224,7 @@ fn build_list(mut candidates: Vec<Candidate>) -> CandidateList {
     CandidateList::Candidates(kept)
 }
 
-/// The answer of one policy for a flow, found as the gate finds it.
+/// Result of one policy for a flow, found with the gate's algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Evaluation {
     /// No candidate matched.

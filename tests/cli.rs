@@ -47,7 +47,8 @@ fn daemon_rejects_bad_arguments() {
     let output = Command::new(slicewalld()).args(["--fail-mode", "sometimes"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--fail-mode") && stderr.contains("sometimes"), "{stderr}");
+    assert!(stderr.contains("--fail-mode"), "{stderr}");
+    assert!(stderr.contains("sometimes"), "{stderr}");
 
     let output = Command::new(slicewalld()).args(["--cgroup", "/nonexistent/slicewall-test"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));

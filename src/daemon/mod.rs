@@ -191,8 +191,8 @@ impl Daemon {
     }
 
     fn stop(&mut self) {
-        // Flows that need a daemon get the fail mode's answer from now on; the pinned gate goes
-        // on deciding every identity it knows.
+        // Flows that need a daemon get the fail mode's verdict from now on. The pinned gate goes
+        // on deciding every identity in its maps.
         if let Ok(mut config) = self.gate.read_config() {
             config.daemon_present = 0;
             let _ = self.gate.write_config(config);
@@ -266,8 +266,8 @@ impl Daemon {
         };
         let exe_id = self.exe_id(&exe);
         // TODO: a process that calls execve() again between the gate's event and this write is
-        // recorded with the previous image; closing that gap needs the exec time of the task,
-        // which the gate cannot read without kernel BTF.
+        // recorded with the previous image. Closing that gap needs the exec time of the task,
+        // and the gate cannot read it without kernel BTF.
         if let Err(error) = self.gate.tasks.insert(tgid, Task { exe_id, padding: 0 }, 0) {
             tracing::warn!("failed to record pid {tgid} in the gate: {error}, its flows go through the daemon");
         }

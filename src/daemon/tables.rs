@@ -1,6 +1,6 @@
 //! The daemon's side of the gate's tables: numbered rules, policies per identity, and the
-//! candidate lists they compile to. Every identifier the gate sees comes from one counter that
-//! is kept in the gate's configuration map, so a restarted daemon never reuses the identifier
+//! candidate lists they compile to. Every identifier in the gate's maps comes from one counter
+//! that is kept in the gate's configuration map, so a restarted daemon never reuses the identifier
 //! of an entry an earlier daemon left behind.
 
 use std::collections::{HashMap, HashSet};
@@ -13,7 +13,7 @@ use crate::policy::{self, CandidateList, NumberedRule};
 use crate::rules::{self, Action, Flow, Rule, Subject};
 use crate::unit::UnitInfo;
 
-/// What the daemon knows about one identity the gate has seen.
+/// Unit, executable, user and policy of one identity the gate reported.
 #[derive(Clone, Debug)]
 pub struct SubjectInfo {
     pub unit: Arc<UnitInfo>,
@@ -206,7 +206,7 @@ impl Tables {
         }
     }
 
-    /// The "file:line" of a rule, for audit records.
+    /// Looks up the "file:line" of a rule, for audit records.
     pub fn origin(&self, rule_id: u32) -> Option<&str> {
         self.origins.get(&rule_id).or_else(|| self.previous_origins.get(&rule_id)).map(String::as_str)
     }

@@ -161,7 +161,7 @@ impl Event {
         Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
     }
 
-    /// The destination as an IP address; `::ffff:a.b.c.d` comes back as IPv4.
+    /// Returns the destination as an IP address, with `::ffff:a.b.c.d` as IPv4.
     pub fn address(&self) -> std::net::IpAddr {
         let v6 = std::net::Ipv6Addr::from(self.address);
         match v6.to_ipv4_mapped() {
@@ -170,7 +170,7 @@ impl Event {
         }
     }
 
-    /// The process name, as the process chose it: for display only.
+    /// Returns the process name. The process chose it, so it is for display only.
     pub fn comm(&self) -> String {
         let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
         String::from_utf8_lossy(&self.comm[..end]).into_owned()

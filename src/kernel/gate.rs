@@ -1,7 +1,7 @@
 //! Loads, pins and attaches the eBPF gate, and gives typed access to its maps.
 //!
-//! Everything lives under one pin directory on a bpf file system: `maps/` holds the maps and
-//! `links/` the attachments. A pinned link keeps its program attached after the daemon exits,
+//! Everything is pinned under one directory on a bpf file system: the maps in `maps/` and the
+//! attachments in `links/`. A pinned link keeps its program attached after the daemon exits,
 //! so enforcement outlives the daemon. A new daemon reuses the pinned maps, attaches its own
 //! programs next to the old ones (cgroup links always allow several programs), and only then
 //! removes the old links: at every moment some program gates the cgroup.
@@ -28,8 +28,8 @@ static GATE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// `statfs` magic number of the bpf file system.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Maximum entries of each map. Every map has a limit; a full map makes the gate hand the flow
-/// to the daemon, which answers with the fail mode and counts it.
+/// Maximum entries of each map. When a map is full, the daemon cannot record an identity, so the
+/// flows of that identity go through the daemon, which logs the failure.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
     pub tasks: u32,
@@ -76,7 +76,7 @@ pub enum GateError {
     MapUpdate { name: &'static str, source: MapError },
 }
 
-/// Where the gate's programs attach.
+/// Attach point of one of the gate's programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hook {
     SockAddr,
@@ -115,7 +115,7 @@ pub struct Gate {
     _ebpf: Ebpf,
 }
 
-/// What the gate guards.
+/// Pin directory, guarded cgroup and map sizes of a gate.
 #[derive(Clone, Debug)]
 pub struct GateOptions {
     pub pin_dir: PathBuf,
@@ -213,7 +213,7 @@ impl Gate {
     }
 }
 
-/// Removes the gate's links and maps. Detaches the programs unless another process still holds
+/// Removes the gate's links and maps. Detaches the programs unless another process still has
 /// them open.
 pub fn remove_pins(pin_dir: &Path) -> io::Result<()> {
     for sub in ["links", "maps"] {
@@ -266,7 +266,7 @@ fn mount_bpffs(target: &Path) -> io::Result<()> {
     if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// Whether `path` lies on a bpf file system.
+/// Checks whether `path` lies on a bpf file system.
 pub fn is_bpffs(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
 
@@ -360,8 +360,8 @@ where
 /// Timer frequency the kernel assumes when none can be read: Debian's and Fedora's CONFIG_HZ.
 const FALLBACK_HZ: u32 = 250;
 
-/// The kernel's timer frequency (CONFIG_HZ), which sock_ops timeouts are counted in. Read from
-/// /boot/config-RELEASE or /proc/config.gz; no system call reports it.
+/// Reads the kernel's timer frequency (CONFIG_HZ), the unit of sock_ops timeouts, from
+/// /boot/config-RELEASE or /proc/config.gz, because no system call reports it.
 pub fn kernel_hz() -> u32 {
     use std::io::Read;
 

@@ -25,13 +25,28 @@ fn main() {
     }
     // cargo bench builds no examples, and the loops run in the probe example.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = std::process::Command::new(cargo).args(["build", "--release", "--example", "probe"]).status();
-    assert!(built.is_ok_and(|status| status.success()), "failed to build the probe example");
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--release", "--example", "probe"])
+        .status();
+    assert!(
+        built.is_ok_and(|status| status.success()),
+        "failed to build the probe example"
+    );
 
     let mut lab = Lab::new(&ten_rules());
     // Reuse ports in TIME_WAIT, so thousands of loopback connections a round do not exhaust the
     // namespace's local ports and slow the later rounds down.
-    common::run("ip", &["netns", "exec", &lab.network.client.name, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    common::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.network.client.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_tw_reuse=1",
+        ],
+    );
     let unguarded = Cgroup::new_top("nofw");
     let guarded = lab.cgroup.child("bench.service");
     let (tcp_port, udp_port) = start_sinks(&lab);
@@ -40,24 +55,45 @@ fn main() {
 
     lab.start(&[]);
     let mut report = String::new();
-    measure(&lab, &unguarded, &guarded, &tcp_target, &udp_target, "10 rules", &mut report);
+    measure(
+        &lab,
+        &unguarded,
+        &guarded,
+        &tcp_target,
+        &udp_target,
+        "10 rules",
+        &mut report,
+    );
 
     common::write_rules(lab.root.path(), "etc", "60-many.toml", &many_rules(100_000));
     let started = Instant::now();
     let outcome = lab.reload();
     assert!(outcome.contains("reloaded"), "{outcome}");
     let reload_seconds = started.elapsed().as_secs_f64();
-    measure(&lab, &unguarded, &guarded, &tcp_target, &udp_target, "100,010 rules", &mut report);
+    measure(
+        &lab,
+        &unguarded,
+        &guarded,
+        &tcp_target,
+        &udp_target,
+        "100,010 rules",
+        &mut report,
+    );
     let rss = resident_kib(lab.daemon().pid());
 
     println!("{report}");
-    println!("reload of 100,010 rules: {reload_seconds:.2} s; slicewalld resident memory: {rss} KiB");
+    println!(
+        "reload of 100,010 rules: {reload_seconds:.2} s; slicewalld resident memory: {rss} KiB"
+    );
 }
 
 fn ten_rules() -> String {
     let mut text = String::new();
     for index in 0..10 {
-        let _ = write!(text, "[[rule]]\naction = \"deny\"\naddress = \"198.18.{index}.0/24\"\nport = 443\n\n");
+        let _ = write!(
+            text,
+            "[[rule]]\naction = \"deny\"\naddress = \"198.18.{index}.0/24\"\nport = 443\n\n"
+        );
     }
     text
 }
@@ -86,12 +122,23 @@ fn start_sinks(lab: &Lab) -> (u16, u16) {
         .spawn(|| {
             // A deep accept queue: with the default of 128 a fast loop overflows it, and the
             // dropped SYNs are retried only after a second.
-            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket
+                .bind(
+                    &"127.0.0.1:0"
+                        .parse::<std::net::SocketAddr>()
+                        .unwrap()
+                        .into(),
+                )
+                .unwrap();
             socket.listen(4096).unwrap();
             let tcp: TcpListener = socket.into();
             let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let ports = (tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port());
+            let ports = (
+                tcp.local_addr().unwrap().port(),
+                udp.local_addr().unwrap().port(),
+            );
             std::thread::spawn(move || {
                 for stream in tcp.incoming() {
                     drop(stream);
@@ -107,7 +154,15 @@ fn start_sinks(lab: &Lab) -> (u16, u16) {
         .unwrap()
 }
 
-fn measure(lab: &Lab, unguarded: &Cgroup, guarded: &Cgroup, tcp: &str, udp: &str, label: &str, report: &mut String) {
+fn measure(
+    lab: &Lab,
+    unguarded: &Cgroup,
+    guarded: &Cgroup,
+    tcp: &str,
+    udp: &str,
+    label: &str,
+    report: &mut String,
+) {
     for (kind, target, flows) in [("loop-tcp", tcp, TCP_FLOWS), ("loop-udp", udp, UDP_FLOWS)] {
         let mut baseline = Vec::new();
         let mut gated = Vec::new();
@@ -132,10 +187,30 @@ fn measure(lab: &Lab, unguarded: &Cgroup, guarded: &Cgroup, tcp: &str, udp: &str
 }
 
 fn rate(lab: &Lab, cgroup: &Cgroup, kind: &str, target: &str, flows: u32) -> f64 {
-    let output = common::run_in(cgroup, &lab.network.client, &common::probe(), &["--wait-ms", "300", "--repeat", &flows.to_string(), kind, target]);
+    let output = common::run_in(
+        cgroup,
+        &lab.network.client,
+        &common::probe(),
+        &[
+            "--wait-ms",
+            "300",
+            "--repeat",
+            &flows.to_string(),
+            kind,
+            target,
+        ],
+    );
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{kind} loop failed: {text}{}", String::from_utf8_lossy(&output.stderr));
-    let seconds: f64 = text.split_whitespace().nth(3).and_then(|value| value.parse().ok()).expect("loop output");
+    assert!(
+        output.status.success(),
+        "{kind} loop failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seconds: f64 = text
+        .split_whitespace()
+        .nth(3)
+        .and_then(|value| value.parse().ok())
+        .expect("loop output");
     f64::from(flows) / seconds
 }
 

@@ -308,13 +308,17 @@ static __always_inline int pend(void *sk, const struct flow *flow, int is_connec
 		return SK_DROP;
 	}
 
-	storage = bpf_sk_storage_get(&slicewall_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!storage)
-		return SK_DROP;
 	fill_event(&held.flow, SLICEWALL_EVENT_PENDING, flow);
 	held.state = SLICEWALL_HELD_WAITING;
-	if (bpf_map_update_elem(&slicewall_held, &flow->cookie, &held, BPF_ANY))
-		return SK_DROP;
+	held.since_ns = bpf_ktime_get_ns();
+	storage = bpf_sk_storage_get(&slicewall_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!storage || bpf_map_update_elem(&slicewall_held, &flow->cookie, &held, BPF_ANY)) {
+		/* No room to hold the flow: the fail mode decides, and the audit says why. */
+		fail.verdict = cfg->fail_verdict;
+		fail.reason = SLICEWALL_REASON_LIMIT;
+		send_event(SLICEWALL_EVENT_DECISION, flow, &fail);
+		return fail.verdict == SLICEWALL_VERDICT_ALLOW ? SK_PASS : SK_DROP;
+	}
 	storage->flags |= SLICEWALL_SOCK_HELD;
 	send_event(SLICEWALL_EVENT_PENDING, flow, 0);
 	return SK_PASS;

@@ -18,6 +18,7 @@
 #define SLICEWALL_REASON_ASK_FALLBACK 3
 #define SLICEWALL_REASON_FAIL_MODE 4
 #define SLICEWALL_REASON_PENDING 5
+#define SLICEWALL_REASON_LIMIT 6 /* a map was full; the fail mode's verdict applies */
 
 /* Event kinds sent to the daemon through the ring buffer. */
 #define SLICEWALL_EVENT_EXEC 1     /* a guarded process called execve(): identify it again */
@@ -136,6 +137,7 @@ struct slicewall_event {
 
 struct slicewall_held {
 	struct slicewall_event flow;
+	__u64 since_ns; /* CLOCK_MONOTONIC time the hold began */
 	__u32 state;
 	__u16 source_port;
 	__u16 padding;

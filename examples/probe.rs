@@ -29,14 +29,26 @@ fn main() -> ExitCode {
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
-            "--repeat" => repeat = iter.next().and_then(|value| value.parse().ok()).unwrap_or(1),
-            "--wait-ms" => wait_ms = iter.next().and_then(|value| value.parse().ok()).unwrap_or(0),
+            "--repeat" => {
+                repeat = iter
+                    .next()
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(1)
+            }
+            "--wait-ms" => {
+                wait_ms = iter
+                    .next()
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0)
+            }
             "--via" => via = iter.next().cloned().unwrap_or_default(),
             _ => positional.push(arg.clone()),
         }
     }
     let [kind, target] = positional.as_slice() else {
-        eprintln!("usage: probe [--repeat N] [--wait-ms N] tcp|udp-connect|udp-sendto ADDRESS:PORT");
+        eprintln!(
+            "usage: probe [--repeat N] [--wait-ms N] tcp|udp-connect|udp-sendto ADDRESS:PORT"
+        );
         return ExitCode::from(2);
     };
     let Ok(target) = target.parse::<SocketAddr>() else {
@@ -62,7 +74,9 @@ fn main() -> ExitCode {
     for _ in 0..repeat {
         let result = match via.as_str() {
             "process" => flow(target),
-            "thread" => std::thread::spawn(move || flow(target)).join().expect("flow thread panicked"),
+            "thread" => std::thread::spawn(move || flow(target))
+                .join()
+                .expect("flow thread panicked"),
             "fork" => {
                 forked(flow, target);
                 continue;
@@ -81,7 +95,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Makes one flow from a forked child, which prints its own line and PID.
@@ -128,7 +146,10 @@ fn run_loop(kind: &str, target: SocketAddr, count: u32) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    println!("{count} flows in {:.6} seconds", start.elapsed().as_secs_f64());
+    println!(
+        "{count} flows in {:.6} seconds",
+        start.elapsed().as_secs_f64()
+    );
     ExitCode::SUCCESS
 }
 
@@ -142,7 +163,11 @@ fn tcp(target: SocketAddr) -> std::io::Result<()> {
 }
 
 fn bind_any(target: SocketAddr) -> std::io::Result<UdpSocket> {
-    if target.is_ipv4() { UdpSocket::bind("0.0.0.0:0") } else { UdpSocket::bind("[::]:0") }
+    if target.is_ipv4() {
+        UdpSocket::bind("0.0.0.0:0")
+    } else {
+        UdpSocket::bind("[::]:0")
+    }
 }
 
 fn udp_connect(target: SocketAddr) -> std::io::Result<()> {

@@ -42,7 +42,11 @@ pub struct Prefix {
 
 impl Prefix {
     /// The prefix that contains every address of both families.
-    pub const ANY: Prefix = Prefix { family: 0, address: [0; 16], length: 0 };
+    pub const ANY: Prefix = Prefix {
+        family: 0,
+        address: [0; 16],
+        length: 0,
+    };
 
     pub fn from_net(net: &IpNet) -> Self {
         match net {
@@ -67,19 +71,29 @@ impl Prefix {
 
     /// Builds a prefix with the bits past `length` cleared.
     pub fn new(family: u8, address: [u8; 16], length: u8) -> Self {
-        Prefix { family, address: mask(address, length), length }
+        Prefix {
+            family,
+            address: mask(address, length),
+            length,
+        }
     }
 
     pub fn contains(&self, other: &Prefix) -> bool {
         if self.family == 0 {
             return true;
         }
-        self.family == other.family && self.length <= other.length && mask(other.address, self.length) == self.address
+        self.family == other.family
+            && self.length <= other.length
+            && mask(other.address, self.length) == self.address
     }
 
     /// Length of the LPM trie key past the policy: the family byte and the address bits.
     pub fn key_bits(&self) -> u32 {
-        if self.family == 0 { 0 } else { 8 + u32::from(self.length) }
+        if self.family == 0 {
+            0
+        } else {
+            8 + u32::from(self.length)
+        }
     }
 
     /// Prefix length on the precedence scale of [`crate::rules::rank`]: IPv4 /n counts 96 + n.
@@ -94,7 +108,11 @@ impl Prefix {
 
 fn mask(address: [u8; 16], length: u8) -> [u8; 16] {
     let bits = u128::from_be_bytes(address);
-    let kept = if length == 0 { 0 } else { bits & (u128::MAX << (128 - u32::from(length))) };
+    let kept = if length == 0 {
+        0
+    } else {
+        bits & (u128::MAX << (128 - u32::from(length)))
+    };
     kept.to_be_bytes()
 }
 
@@ -123,14 +141,18 @@ pub fn compile(rules: &[NumberedRule<'_>], ask_verdict: u8) -> CompiledPolicy {
 
     // A flow's longest matching prefix selects one list, so each list also carries the
     // candidates of every shorter prefix that contains it.
-    let lengths: BTreeSet<(u8, u8)> = by_prefix.keys().map(|prefix| (prefix.family, prefix.length)).collect();
+    let lengths: BTreeSet<(u8, u8)> = by_prefix
+        .keys()
+        .map(|prefix| (prefix.family, prefix.length))
+        .collect();
     let mut compiled = CompiledPolicy::default();
     let mut prefixes: Vec<Prefix> = by_prefix.keys().copied().collect();
     prefixes.sort();
     for prefix in prefixes {
         let mut candidates = Vec::new();
         if prefix.family != 0 {
-            candidates.extend_from_slice(by_prefix.get(&Prefix::ANY).map_or(&[][..], Vec::as_slice));
+            candidates
+                .extend_from_slice(by_prefix.get(&Prefix::ANY).map_or(&[][..], Vec::as_slice));
             for &(_, length) in lengths.range((prefix.family, 0)..=(prefix.family, prefix.length)) {
                 let ancestor = Prefix::new(prefix.family, prefix.address, length);
                 if let Some(found) = by_prefix.get(&ancestor) {
@@ -164,19 +186,25 @@ fn candidates_of<'a>(
     let ports: Vec<(u16, u16)> = if rule.destination.ports.is_empty() {
         vec![(0, u16::MAX)]
     } else {
-        rule.destination.ports.iter().map(|range| (range.first, range.last)).collect()
+        rule.destination
+            .ports
+            .iter()
+            .map(|range| (range.first, range.last))
+            .collect()
     };
     let rank = rank(rule, prefix_length);
-    ports.into_iter().map(move |(port_first, port_last)| Candidate {
-        rank,
-        rule_id: numbered.id,
-        port_first,
-        port_last,
-        protocol,
-        verdict,
-        flags,
-        padding: [0; 5],
-    })
+    ports
+        .into_iter()
+        .map(move |(port_first, port_last)| Candidate {
+            rank,
+            rule_id: numbered.id,
+            port_first,
+            port_last,
+            protocol,
+            verdict,
+            flags,
+            padding: [0; 5],
+        })
 }
 
 /// The candidates of one prefix, best first, in the compact form the daemon keeps; [`List`] is
@@ -205,7 +233,12 @@ impl CandidateList {
 
 /// Sorts candidates best first and drops those an earlier candidate always shadows.
 fn build_list(mut candidates: Vec<Candidate>) -> CandidateList {
-    candidates.sort_by(|a, b| b.rank.cmp(&a.rank).then(a.rule_id.cmp(&b.rule_id)).then(a.port_first.cmp(&b.port_first)));
+    candidates.sort_by(|a, b| {
+        b.rank
+            .cmp(&a.rank)
+            .then(a.rule_id.cmp(&b.rule_id))
+            .then(a.port_first.cmp(&b.port_first))
+    });
     let mut kept: Vec<Candidate> = Vec::new();
     for candidate in candidates {
         let shadowed = kept.iter().any(|earlier| {
@@ -256,7 +289,9 @@ impl CompiledPolicy {
                     && candidate.port_first <= port
                     && port <= candidate.port_last
             })
-            .map_or(Evaluation::NoMatch, |candidate| Evaluation::Matched(*candidate))
+            .map_or(Evaluation::NoMatch, |candidate| {
+                Evaluation::Matched(*candidate)
+            })
     }
 }
 

@@ -10,23 +10,58 @@ use common::{slicewallctl, slicewalld, write_rules};
 #[test]
 fn check_accepts_valid_rules() {
     let root = tempfile::tempdir().unwrap();
-    write_rules(root.path(), "etc", "10-web.toml", "[[rule]]\naction = \"allow\"\nport = [80, 443]\nprotocol = \"tcp\"\n");
-    write_rules(root.path(), "usr/lib", "50-defaults.toml", "[[rule]]\naction = \"ask\"\nunit = \"user.slice\"\n");
-    let output = Command::new(slicewallctl()).arg("check").arg("--root").arg(root.path()).output().unwrap();
+    write_rules(
+        root.path(),
+        "etc",
+        "10-web.toml",
+        "[[rule]]\naction = \"allow\"\nport = [80, 443]\nprotocol = \"tcp\"\n",
+    );
+    write_rules(
+        root.path(),
+        "usr/lib",
+        "50-defaults.toml",
+        "[[rule]]\naction = \"ask\"\nunit = \"user.slice\"\n",
+    );
+    let output = Command::new(slicewallctl())
+        .arg("check")
+        .arg("--root")
+        .arg(root.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "check failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "check failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("2 rules in 2 files: ok"), "{stdout}");
 }
 
 #[test]
 fn check_names_the_bad_place() {
     let root = tempfile::tempdir().unwrap();
-    let path = write_rules(root.path(), "etc", "20-bad.toml", "[[rule]]\naction = \"deny\"\naddress = \"10.0.0.1/8\"\n");
-    let output = Command::new(slicewallctl()).arg("check").arg("--root").arg(root.path()).output().unwrap();
+    let path = write_rules(
+        root.path(),
+        "etc",
+        "20-bad.toml",
+        "[[rule]]\naction = \"deny\"\naddress = \"10.0.0.1/8\"\n",
+    );
+    let output = Command::new(slicewallctl())
+        .arg("check")
+        .arg("--root")
+        .arg(root.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("{}:3:11", path.display())), "error without file:line:column: {stderr}");
-    assert!(stderr.contains("address"), "error without the field: {stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:11", path.display())),
+        "error without file:line:column: {stderr}"
+    );
+    assert!(
+        stderr.contains("address"),
+        "error without the field: {stderr}"
+    );
 }
 
 #[test]
@@ -34,24 +69,44 @@ fn hash_matches_sha256sum() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("program");
     std::fs::write(&file, b"#!/bin/sh\necho hello\n").unwrap();
-    let output = Command::new(slicewallctl()).arg("hash").arg(&file).output().unwrap();
+    let output = Command::new(slicewallctl())
+        .arg("hash")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let line = String::from_utf8(output.stdout).unwrap();
-    let expected = Command::new("sha256sum").arg(&file).output().expect("sha256sum from coreutils");
+    let expected = Command::new("sha256sum")
+        .arg(&file)
+        .output()
+        .expect("sha256sum from coreutils");
     let expected = String::from_utf8(expected.stdout).unwrap();
-    assert_eq!(line.split_whitespace().next(), expected.split_whitespace().next(), "{line}");
+    assert_eq!(
+        line.split_whitespace().next(),
+        expected.split_whitespace().next(),
+        "{line}"
+    );
 }
 
 #[test]
 fn daemon_rejects_bad_arguments() {
-    let output = Command::new(slicewalld()).args(["--fail-mode", "sometimes"]).output().unwrap();
+    let output = Command::new(slicewalld())
+        .args(["--fail-mode", "sometimes"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--fail-mode"), "{stderr}");
     assert!(stderr.contains("sometimes"), "{stderr}");
 
-    let output = Command::new(slicewalld()).args(["--cgroup", "/nonexistent/slicewall-test"]).output().unwrap();
+    let output = Command::new(slicewalld())
+        .args(["--cgroup", "/nonexistent/slicewall-test"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--cgroup /nonexistent/slicewall-test"), "{stderr}");
+    assert!(
+        stderr.contains("--cgroup /nonexistent/slicewall-test"),
+        "{stderr}"
+    );
 }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what building and testing slicewall needs on Debian or Ubuntu, when it is missing:
 # clang and the kernel and libbpf headers for the eBPF programs, iproute2 for the test labs,
-# curl for the short-lived client test, and systemd's journald for the journal test.
+# curl for the short-lived client test, nftables for the socket-destroy test, and systemd's
+# journald for the journal test.
 set -eu
 
 missing=""
@@ -10,6 +11,7 @@ command -v clang >/dev/null 2>&1 || missing="$missing clang"
 [ -e /usr/include/linux/bpf.h ] || missing="$missing linux-libc-dev"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
+command -v nft >/dev/null 2>&1 || missing="$missing nftables"
 command -v journalctl >/dev/null 2>&1 || missing="$missing systemd"
 [ -x /lib/systemd/systemd-journald ] || missing="$missing systemd"
 

@@ -30,12 +30,14 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use slicewall::audit::message_id;
 
-use common::{probe, probe_lines, slicewalld, spawn_in, write_rules, BpfFs, Cgroup, Network, SERVER_V4};
+use common::{
+    probe, probe_lines, slicewalld, spawn_in, write_rules, BpfFs, Cgroup, Network, SERVER_V4,
+};
 
 const TEST_NAME: &str = "deny_decision_reaches_journald";
-/// Set in the re-run's environment; its value is the parent's mount namespace.
+/// Environment variable of the re-run, set to the parent's mount namespace.
 const PARENT_NAMESPACE_ENV: &str = "SLICEWALL_TEST_JOURNAL_PARENT_MNT_NS";
-/// Set in the re-run's environment; its value is the path of the lab cgroup the parent created.
+/// Environment variable of the re-run, set to the path of the lab cgroup that the parent created.
 const CGROUP_ENV: &str = "SLICEWALL_TEST_JOURNAL_CGROUP";
 /// Printed by the re-run after its last check, so the parent can tell that the checks ran.
 const DONE_MARKER: &str = "journal records checked";
@@ -48,13 +50,16 @@ const RULE_FILE: &str = "50-journal.toml";
 /// decides the flow by the rule instead of holding it for the daemon.
 const SETTLE_MS: &str = "300";
 /// Attempts at the denied flow. When the daemon has not identified a new probe process within
-/// `SETTLE_MS`, as on a loaded machine, the gate holds its flow and the daemon then aborts it,
-/// so the probe prints ECONNABORTED and the attempt is made again.
+/// `SETTLE_MS`, as on a loaded machine, the gate holds the flow for the daemon, which then
+/// aborts it, so the probe prints ECONNABORTED and the attempt is made again.
 const DENIED_FLOW_ATTEMPTS: u32 = 3;
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 const JOURNAL_DIR: &str = "/run/log/journal";
-const JOURNALD_PATHS: [&str; 2] = ["/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald"];
+const JOURNALD_PATHS: [&str; 2] = [
+    "/lib/systemd/systemd-journald",
+    "/usr/lib/systemd/systemd-journald",
+];
 const JOURNALD_CONFIG: &str = "\
 [Journal]
 Storage=volatile
@@ -71,8 +76,9 @@ type Entry = Map<String, Value>;
 #[test]
 fn deny_decision_reaches_journald() {
     if let Some(parent_namespace) = std::env::var_os(PARENT_NAMESPACE_ENV) {
-        let cgroup = std::env::var_os(CGROUP_ENV).unwrap_or_else(|| panic!("{CGROUP_ENV} is not set"));
-        run_rerun(&parent_namespace.to_string_lossy(), Path::new(&cgroup));
+        let cgroup =
+            std::env::var_os(CGROUP_ENV).unwrap_or_else(|| panic!("{CGROUP_ENV} is not set"));
+        run_in_private_namespace(&parent_namespace.to_string_lossy(), Path::new(&cgroup));
         return;
     }
 
@@ -90,33 +96,59 @@ fn deny_decision_reaches_journald() {
         .args(["--mount", "--propagation", "private", "--"])
         .arg(std::env::current_exe().unwrap())
         .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(PARENT_NAMESPACE_ENV, mount_namespace("self").expect("own mount namespace"))
+        .env(
+            PARENT_NAMESPACE_ENV,
+            mount_namespace("self").expect("own mount namespace"),
+        )
         .env(CGROUP_ENV, &lab_cgroup.path);
     let rerun = output_with_timeout(&mut command, RERUN_TIMEOUT);
 
-    let status = rerun
-        .status
-        .unwrap_or_else(|| panic!("re-run timed out after {RERUN_TIMEOUT:?}:\n{}\n{}", rerun.stdout, rerun.stderr));
-    assert!(status.success(), "re-run failed ({status}):\n{}\n{}", rerun.stdout, rerun.stderr);
-    assert!(rerun.stdout.contains(DONE_MARKER), "re-run did not check the journal:\n{}\n{}", rerun.stdout, rerun.stderr);
+    let status = rerun.status.unwrap_or_else(|| {
+        panic!(
+            "re-run timed out after {RERUN_TIMEOUT:?}:\n{}\n{}",
+            rerun.stdout, rerun.stderr
+        )
+    });
+    assert!(
+        status.success(),
+        "re-run failed ({status}):\n{}\n{}",
+        rerun.stdout,
+        rerun.stderr
+    );
+    assert!(
+        rerun.stdout.contains(DONE_MARKER),
+        "re-run did not check the journal:\n{}\n{}",
+        rerun.stdout,
+        rerun.stderr
+    );
     println!("re-run output:\n{}\n{}", rerun.stdout, rerun.stderr);
 }
 
-/// Runs inside the private mount namespace: sets up journald and the lab, makes a denied flow,
-/// and checks what the journal recorded. Panics on the first failed check.
-fn run_rerun(parent_namespace: &str, cgroup_path: &Path) {
+/// Sets up journald and the lab inside the private mount namespace, makes an allowed and a denied
+/// flow, and checks what the journal recorded. Panics on the first failed check.
+fn run_in_private_namespace(parent_namespace: &str, cgroup_path: &Path) {
     prepare_private_run(parent_namespace);
-    // Declared first so it is dropped last: the daemon's failure report reads the journal.
+    // Declared first so it is dropped last, because the daemon's failure report reads the journal.
     let _journald = start_journald();
 
     let mount = slicewall::cgroup::find_cgroup2_mount().expect("cgroup v2 mount");
-    let relative = cgroup_path.strip_prefix(&mount).expect("lab cgroup inside the cgroup v2 mount");
+    let relative = cgroup_path
+        .strip_prefix(&mount)
+        .expect("lab cgroup inside the cgroup v2 mount");
     // The parent removes this cgroup as well, in case this process is killed before the drop.
-    let lab_cgroup = Cgroup { path: cgroup_path.to_owned(), relative: format!("/{}", relative.display()) };
+    let lab_cgroup = Cgroup {
+        path: cgroup_path.to_owned(),
+        relative: format!("/{}", relative.display()),
+    };
     let network = Network::new();
     let bpffs = BpfFs::new();
     let root = tempfile::tempdir().unwrap();
-    write_rules(root.path(), "etc", RULE_FILE, &format!("[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}/32\"\n"));
+    write_rules(
+        root.path(),
+        "etc",
+        RULE_FILE,
+        &format!("[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}/32\"\n"),
+    );
 
     let mut daemon = JournalDaemon::start(root.path(), &lab_cgroup, &bpffs);
     let app = lab_cgroup.child("probe.service");
@@ -125,47 +157,81 @@ fn run_rerun(parent_namespace: &str, cgroup_path: &Path) {
     let bins = tempfile::tempdir().unwrap();
     let probe_path = bins.path().join("probe");
     fs::copy(probe(), &probe_path).unwrap();
-    let target = format!("{SERVER_V4}:{}", network.veth4.port);
-
     let daemon_pid = daemon.pid().to_string();
 
     // An allowed flow first: the daemon hashes the probe's executable for it, so later probe
     // processes are identified from its cache, and allow decisions are checked on the way.
     let loopback = format!("127.0.0.1:{}", network.loopback4.port);
-    let (first_pid, lines) = run_probe(&probe_path, &app, &network, &["--wait-ms", SETTLE_MS, "tcp", &loopback]);
+    let (first_pid, lines) = run_probe(
+        &probe_path,
+        &app,
+        &network,
+        &["--wait-ms", SETTLE_MS, "tcp", &loopback],
+    );
     assert_eq!(lines, vec!["ok".to_owned()], "probe to {loopback}");
     let is_first_allow = |entry: &Entry| {
-        field(entry, "MESSAGE_ID") == Some(message_id::DECISION_ALLOW) && field(entry, "SLICEWALL_PID") == Some(&first_pid)
+        field(entry, "MESSAGE_ID") == Some(message_id::DECISION_ALLOW)
+            && field(entry, "SLICEWALL_PID") == Some(&first_pid)
     };
-    let entries = wait_for_entries("the allow record of the first probe", |entries| entries.iter().any(is_first_allow));
+    let entries = wait_for_entries("the allow record of the first probe", |entries| {
+        entries.iter().any(is_first_allow)
+    });
     let allow = entries.iter().find(|entry| is_first_allow(entry)).unwrap();
-    assert_eq!(field(allow, "_PID"), Some(daemon_pid.as_str()), "allow record {allow:?}");
-    assert_eq!(field(allow, "SLICEWALL_VERDICT"), Some("allow"), "allow record {allow:?}");
-    assert_eq!(field(allow, "SLICEWALL_ADDRESS"), Some("127.0.0.1"), "allow record {allow:?}");
+    assert_eq!(
+        field(allow, "_PID"),
+        Some(daemon_pid.as_str()),
+        "allow record {allow:?}"
+    );
+    assert_eq!(
+        field(allow, "SLICEWALL_VERDICT"),
+        Some("allow"),
+        "allow record {allow:?}"
+    );
+    assert_eq!(
+        field(allow, "SLICEWALL_ADDRESS"),
+        Some("127.0.0.1"),
+        "allow record {allow:?}"
+    );
 
+    let target = format!("{SERVER_V4}:{}", network.veth4.port);
     let mut attempt = 1;
     let (probe_pid, lines) = loop {
-        let (pid, lines) = run_probe(&probe_path, &app, &network, &["--wait-ms", SETTLE_MS, "tcp", &target]);
-        let held = lines.len() == 1 && lines[0].starts_with("error: ECONNABORTED");
-        if !held || attempt == DENIED_FLOW_ATTEMPTS {
+        let (pid, lines) = run_probe(
+            &probe_path,
+            &app,
+            &network,
+            &["--wait-ms", SETTLE_MS, "tcp", &target],
+        );
+        let was_held = lines.len() == 1 && lines[0].starts_with("error: ECONNABORTED");
+        if !was_held || attempt == DENIED_FLOW_ATTEMPTS {
             break (pid, lines);
         }
         println!("attempt {attempt}: the gate held the flow because the daemon had not identified the probe yet");
         attempt += 1;
     };
     assert_eq!(lines, vec![EPERM.to_owned()], "probe to {target}");
-    assert_eq!(network.veth4.received.load(Ordering::SeqCst), 0, "the denied flow reached the server");
+    assert_eq!(
+        network.veth4.received.load(Ordering::SeqCst),
+        0,
+        "the denied flow reached the server"
+    );
 
     let is_deny = |entry: &Entry| {
-        field(entry, "MESSAGE_ID") == Some(message_id::DECISION_DENY) && field(entry, "SLICEWALL_PID") == Some(&probe_pid)
+        field(entry, "MESSAGE_ID") == Some(message_id::DECISION_DENY)
+            && field(entry, "SLICEWALL_PID") == Some(&probe_pid)
     };
     let is_started = |entry: &Entry| field(entry, "MESSAGE_ID") == Some(message_id::STARTED);
-    let entries = wait_for_entries("the started record and the probe's deny record", |entries| {
-        entries.iter().any(is_deny) && entries.iter().any(is_started)
-    });
+    let entries = wait_for_entries(
+        "the started record and the probe's deny record",
+        |entries| entries.iter().any(is_deny) && entries.iter().any(is_started),
+    );
 
     let denials: Vec<&Entry> = entries.iter().filter(|entry| is_deny(entry)).collect();
-    assert_eq!(denials.len(), 1, "deny records of the probe's one flow: {denials:?}");
+    assert_eq!(
+        denials.len(),
+        1,
+        "deny records of the probe's one flow: {denials:?}"
+    );
     let deny = denials[0];
     let probe_bytes = fs::read(&probe_path).unwrap();
     let expected = [
@@ -176,8 +242,14 @@ fn run_rerun(parent_namespace: &str, cgroup_path: &Path) {
         ("SLICEWALL_REASON", "rule".to_owned()),
         ("SLICEWALL_UNIT", "probe.service".to_owned()),
         ("SLICEWALL_CGROUP", app.relative.clone()),
-        ("SLICEWALL_EXE", probe_path.canonicalize().unwrap().display().to_string()),
-        ("SLICEWALL_SHA256", hex::encode(Sha256::digest(&probe_bytes))),
+        (
+            "SLICEWALL_EXE",
+            probe_path.canonicalize().unwrap().display().to_string(),
+        ),
+        (
+            "SLICEWALL_SHA256",
+            hex::encode(Sha256::digest(&probe_bytes)),
+        ),
         ("SLICEWALL_COMM", "probe".to_owned()),
         ("SLICEWALL_UID", "0".to_owned()),
         ("SLICEWALL_PROTOCOL", "tcp".to_owned()),
@@ -185,37 +257,83 @@ fn run_rerun(parent_namespace: &str, cgroup_path: &Path) {
         ("SLICEWALL_PORT", network.veth4.port.to_string()),
     ];
     for (name, value) in &expected {
-        assert_eq!(field(deny, name), Some(value.as_str()), "field {name} of the deny record {deny:?}");
+        assert_eq!(
+            field(deny, name),
+            Some(value.as_str()),
+            "field {name} of the deny record {deny:?}"
+        );
     }
-    let rule = field(deny, "SLICEWALL_RULE").unwrap_or_else(|| panic!("no SLICEWALL_RULE in {deny:?}"));
-    assert!(rule.ends_with(&format!("/{RULE_FILE}:1")), "SLICEWALL_RULE {rule:?} does not name {RULE_FILE}:1");
+    let rule =
+        field(deny, "SLICEWALL_RULE").unwrap_or_else(|| panic!("no SLICEWALL_RULE in {deny:?}"));
+    assert!(
+        rule.ends_with(&format!("/{RULE_FILE}:1")),
+        "SLICEWALL_RULE {rule:?} does not name {RULE_FILE}:1"
+    );
 
     let started = entries.iter().find(|entry| is_started(entry)).unwrap();
-    assert_eq!(field(started, "_PID"), Some(daemon_pid.as_str()), "started record {started:?}");
-    assert_eq!(field(started, "SYSLOG_IDENTIFIER"), Some("slicewalld"), "started record {started:?}");
-    assert_eq!(field(started, "PRIORITY"), Some("6"), "started record {started:?}");
+    assert_eq!(
+        field(started, "_PID"),
+        Some(daemon_pid.as_str()),
+        "started record {started:?}"
+    );
+    assert_eq!(
+        field(started, "SYSLOG_IDENTIFIER"),
+        Some("slicewalld"),
+        "started record {started:?}"
+    );
+    assert_eq!(
+        field(started, "PRIORITY"),
+        Some("6"),
+        "started record {started:?}"
+    );
     let message = field(started, "MESSAGE").unwrap_or_default();
     let guarding = format!("slicewalld started: guarding {}", lab_cgroup.path.display());
-    assert!(message.starts_with(&guarding), "MESSAGE of the started record: {message:?}");
-    assert!(!message.contains("degraded"), "the daemon skipped a rule file: {message:?}");
+    assert!(
+        message.starts_with(&guarding),
+        "MESSAGE of the started record: {message:?}"
+    );
+    assert!(
+        !message.contains("degraded"),
+        "the daemon skipped a rule file: {message:?}"
+    );
 
     let status = daemon.stop().expect("daemon running");
-    assert!(status.success(), "slicewalld exited with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "slicewalld exited with {status} after SIGTERM"
+    );
     let entries = wait_for_entries("the stopped record", |entries| {
-        entries.iter().any(|entry| field(entry, "MESSAGE_ID") == Some(message_id::STOPPED))
+        entries
+            .iter()
+            .any(|entry| field(entry, "MESSAGE_ID") == Some(message_id::STOPPED))
     });
-    let stopped = entries.iter().find(|entry| field(entry, "MESSAGE_ID") == Some(message_id::STOPPED)).unwrap();
-    assert_eq!(field(stopped, "_PID"), Some(daemon_pid.as_str()), "stopped record {stopped:?}");
+    let stopped = entries
+        .iter()
+        .find(|entry| field(entry, "MESSAGE_ID") == Some(message_id::STOPPED))
+        .unwrap();
+    assert_eq!(
+        field(stopped, "_PID"),
+        Some(daemon_pid.as_str()),
+        "stopped record {stopped:?}"
+    );
 
     // The stream falls back to stderr for each record the journal rejects.
     let stderr = daemon.stderr();
-    assert!(!stderr.contains("message_id="), "audit records went to stderr instead of the journal:\n{stderr}");
+    assert!(
+        !stderr.contains("message_id="),
+        "audit records went to stderr instead of the journal:\n{stderr}"
+    );
 
     println!("{DONE_MARKER}");
 }
 
 /// Runs `program` in `cgroup` and the client namespace, and returns its PID and result lines.
-fn run_probe(program: &Path, cgroup: &Cgroup, network: &Network, args: &[&str]) -> (String, Vec<String>) {
+fn run_probe(
+    program: &Path,
+    cgroup: &Cgroup,
+    network: &Network,
+    args: &[&str],
+) -> (String, Vec<String>) {
     let client = spawn_in(cgroup, &network.client, program, args);
     let pid = client.id().to_string();
     let output = client.wait_with_output().expect("wait for the probe");
@@ -225,12 +343,18 @@ fn run_probe(program: &Path, cgroup: &Cgroup, network: &Network, args: &[&str]) 
 /// Returns why the journal tools cannot run here, if they cannot.
 fn check_journal_tools() -> Result<(), String> {
     if !JOURNALD_PATHS.iter().any(|path| Path::new(path).exists()) {
-        return Err(format!("systemd-journald not installed (looked for {})", JOURNALD_PATHS.join(", ")));
+        return Err(format!(
+            "systemd-journald not installed (looked for {})",
+            JOURNALD_PATHS.join(", ")
+        ));
     }
     for (program, args) in [
         ("journalctl", &["--version"][..]),
         ("systemd-socket-activate", &["--version"][..]),
-        ("unshare", &["--mount", "--propagation", "private", "true"][..]),
+        (
+            "unshare",
+            &["--mount", "--propagation", "private", "true"][..],
+        ),
     ] {
         let works = Command::new(program)
             .args(args)
@@ -259,15 +383,26 @@ fn mount_namespace(pid: &str) -> Option<String> {
 fn prepare_private_run(parent_namespace: &str) {
     // Mounting over /run in the machine's own namespace would break the machine, so check first.
     let own_namespace = mount_namespace("self").expect("own mount namespace");
-    assert_ne!(own_namespace, parent_namespace, "not in a mount namespace of its own");
-    assert_ne!(Some(&own_namespace), mount_namespace("1").as_ref(), "in the mount namespace of PID 1");
+    assert_ne!(
+        own_namespace, parent_namespace,
+        "not in a mount namespace of its own"
+    );
+    assert_ne!(
+        Some(&own_namespace),
+        mount_namespace("1").as_ref(),
+        "in the mount namespace of PID 1"
+    );
 
     mount_tmpfs("/run");
     if Path::new("/var/log/journal").is_dir() {
         mount_tmpfs("/var/log/journal");
     }
     fs::create_dir_all("/run/systemd/journald.conf.d").unwrap();
-    fs::write("/run/systemd/journald.conf.d/50-slicewall-test.conf", JOURNALD_CONFIG).unwrap();
+    fs::write(
+        "/run/systemd/journald.conf.d/50-slicewall-test.conf",
+        JOURNALD_CONFIG,
+    )
+    .unwrap();
     fs::create_dir_all("/run/systemd/journal").unwrap();
 }
 
@@ -307,29 +442,45 @@ impl Drop for KillOnDrop {
 /// Starts journald on the native socket, passed in as systemd would pass it. Journald's own log
 /// goes to this process's stderr.
 fn start_journald() -> KillOnDrop {
-    let journald = JOURNALD_PATHS.iter().find(|path| Path::new(path).exists()).unwrap();
+    let journald = JOURNALD_PATHS
+        .iter()
+        .find(|path| Path::new(path).exists())
+        .unwrap();
     let mut command = Command::new("systemd-socket-activate");
     command
-        .args(["--datagram", "--listen", JOURNAL_SOCKET, "--setenv=SYSTEMD_LOG_TARGET=console", journald])
+        .args([
+            "--datagram",
+            "--listen",
+            JOURNAL_SOCKET,
+            "--setenv=SYSTEMD_LOG_TARGET=console",
+            journald,
+        ])
         .env("SYSTEMD_LOG_TARGET", "console")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     kill_with_parent(&mut command);
-    let mut journald = KillOnDrop(command.spawn().expect("failed to start systemd-socket-activate"));
+    let mut journald = KillOnDrop(
+        command
+            .spawn()
+            .expect("failed to start systemd-socket-activate"),
+    );
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new(JOURNAL_SOCKET).exists() {
         if let Some(status) = journald.0.try_wait().unwrap() {
             panic!("systemd-socket-activate exited ({status}) before {JOURNAL_SOCKET} existed");
         }
-        assert!(Instant::now() < deadline, "{JOURNAL_SOCKET} missing after 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "{JOURNAL_SOCKET} missing after 10 s"
+        );
         sleep(Duration::from_millis(20));
     }
     journald
 }
 
-/// A slicewalld that writes its audit records and its log to the journal; stopped, and its pins
-/// removed, on drop.
+/// A slicewalld that writes its audit records and its log to the journal. Dropping it stops the
+/// daemon and removes its pins.
 struct JournalDaemon {
     child: Option<Child>,
     pin_dir: PathBuf,
@@ -344,7 +495,9 @@ impl JournalDaemon {
         let stderr_path = logs.path().join("slicewalld.stderr");
         let notify_path = logs.path().join("notify");
         let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
 
         let mut command = Command::new(slicewalld());
         command
@@ -361,13 +514,21 @@ impl JournalDaemon {
             .stderr(fs::File::create(&stderr_path).unwrap());
         kill_with_parent(&mut command);
         let child = command.spawn().expect("failed to start slicewalld");
-        let mut daemon = JournalDaemon { child: Some(child), pin_dir: bpffs.pin_dir(), stderr_path, _logs: logs };
+        let mut daemon = JournalDaemon {
+            child: Some(child),
+            pin_dir: bpffs.pin_dir(),
+            stderr_path,
+            _logs: logs,
+        };
 
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut buffer = [0u8; 4096];
         loop {
             if let Ok(n) = notify.recv(&mut buffer) {
-                if String::from_utf8_lossy(&buffer[..n]).lines().any(|line| line == "READY=1") {
+                if String::from_utf8_lossy(&buffer[..n])
+                    .lines()
+                    .any(|line| line == "READY=1")
+                {
                     return daemon;
                 }
             }
@@ -382,8 +543,8 @@ impl JournalDaemon {
         self.child.as_ref().expect("daemon running").id()
     }
 
-    /// Stops the daemon with SIGTERM, or SIGKILL after 10 s, and returns its exit status; `None`
-    /// if it was already stopped.
+    /// Stops the daemon with SIGTERM, or SIGKILL after 10 s, and returns its exit status, or
+    /// `None` if it was already stopped.
     fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         // SAFETY: kill with a PID this process started and has not reaped, and a valid signal.
@@ -401,7 +562,7 @@ impl JournalDaemon {
         }
     }
 
-    /// Returns what the daemon wrote to stderr, which is only what reached no journal.
+    /// Returns what the daemon wrote to stderr.
     fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -410,9 +571,16 @@ impl JournalDaemon {
 impl Drop for JournalDaemon {
     fn drop(&mut self) {
         self.stop();
-        let cleanup = Command::new(slicewalld()).arg("--cleanup").arg("--pin-dir").arg(&self.pin_dir).output();
+        let cleanup = Command::new(slicewalld())
+            .arg("--cleanup")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output();
         if !cleanup.as_ref().is_ok_and(|output| output.status.success()) {
-            eprintln!("slicewalld --cleanup --pin-dir {} failed: {cleanup:?}", self.pin_dir.display());
+            eprintln!(
+                "slicewalld --cleanup --pin-dir {} failed: {cleanup:?}",
+                self.pin_dir.display()
+            );
         }
         if std::thread::panicking() {
             eprintln!("--- slicewalld stderr ---\n{}", self.stderr());
@@ -421,7 +589,7 @@ impl Drop for JournalDaemon {
     }
 }
 
-/// Returns the value of a journal field that holds one printable string.
+/// Returns the value of a journal field whose value is one printable string.
 fn field<'a>(entry: &'a Entry, name: &str) -> Option<&'a str> {
     entry.get(name).and_then(Value::as_str)
 }
@@ -435,7 +603,10 @@ fn read_journal() -> Vec<Entry> {
         .expect("failed to run journalctl");
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("invalid journalctl JSON {line:?}: {error}")))
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("invalid journalctl JSON {line:?}: {error}"))
+        })
         .collect()
 }
 
@@ -445,7 +616,13 @@ fn journal_text() -> String {
         .args(["-D", JOURNAL_DIR, "-o", "verbose", "--no-pager"])
         .stdin(Stdio::null())
         .output()
-        .map(|output| format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+        .map(|output| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
         .unwrap_or_else(|error| format!("failed to run journalctl: {error}"))
 }
 
@@ -457,12 +634,15 @@ fn wait_for_entries(what: &str, predicate: impl Fn(&[Entry]) -> bool) -> Vec<Ent
         if predicate(&entries) {
             return entries;
         }
-        assert!(Instant::now() < deadline, "timed out after 10 s waiting for {what} in the journal");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 10 s waiting for {what} in the journal"
+        );
         sleep(Duration::from_millis(100));
     }
 }
 
-/// Output of a process run with [`output_with_timeout`]; `status` is `None` if it was killed.
+/// Output of a process run with [`output_with_timeout`], where `status` is `None` if it was killed.
 struct TimedOutput {
     status: Option<ExitStatus>,
     stdout: String,
@@ -492,7 +672,11 @@ fn output_with_timeout(command: &mut Command, timeout: Duration) -> TimedOutput 
         }
         sleep(Duration::from_millis(50));
     };
-    TimedOutput { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    TimedOutput {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 fn read_in_background(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {

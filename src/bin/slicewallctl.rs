@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "slicewallctl", version, about = "Inspect and check slicewall's rules")]
+#[command(
+    name = "slicewallctl",
+    version,
+    about = "Inspect and check slicewall's rules"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,11 @@ fn check(root: &std::path::Path) -> ExitCode {
             for file in &rule_set.files {
                 println!("{}", file.display());
             }
-            println!("{} rules in {} files: ok", rule_set.rules.len(), rule_set.files.len());
+            println!(
+                "{} rules in {} files: ok",
+                rule_set.rules.len(),
+                rule_set.files.len()
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {

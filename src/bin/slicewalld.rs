@@ -10,7 +10,10 @@ fn main() -> ExitCode {
     let options = Options::parse();
     init_logging();
 
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!("failed to start the async runtime: {error}");
@@ -35,7 +38,10 @@ fn init_logging() {
         .then(tracing_journald::layer)
         .and_then(Result::ok);
     match journald {
-        Some(layer) => tracing_subscriber::registry().with(filter).with(layer).init(),
+        Some(layer) => tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init(),
         None => tracing_subscriber::registry()
             .with(filter)
             .with(

@@ -27,25 +27,37 @@ use tables::{SubjectInfo, Tables, Verdict};
 
 /// Executables whose hashes are kept; beyond it the oldest are hashed again when seen.
 const EXE_CACHE_ENTRIES: usize = 4096;
+/// Age after which a held flow with no decision is decided from the held map, in case its event
+/// was lost.
+const HELD_EVENT_GRACE: Duration = Duration::from_secs(1);
 /// Attempts to destroy a denied held socket whose SYN the gate has not yet seen.
 const DESTROY_ATTEMPTS: u32 = 50;
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(options: Options) -> anyhow::Result<()> {
     if options.cleanup {
-        gate::remove_pins(&options.pin_dir)
-            .with_context(|| format!("failed to remove the pins under {}", options.pin_dir.display()))?;
+        gate::remove_pins(&options.pin_dir).with_context(|| {
+            format!(
+                "failed to remove the pins under {}",
+                options.pin_dir.display()
+            )
+        })?;
         tracing::info!(pin_dir = %options.pin_dir.display(), "removed the gate's programs and maps");
         return Ok(());
     }
 
     let mut daemon = Daemon::start(&options)?;
-    let ring = daemon.gate.events.take().context("the event ring buffer is missing")?;
+    let ring = daemon
+        .gate
+        .events
+        .take()
+        .context("the event ring buffer is missing")?;
     // SAFETY: the ring buffer owns its map descriptor and keeps it open, unchanged, until the
     // AsyncFd that owns the ring buffer drops it.
-    let mut events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|error| error.into_parts().1)
-        .context("failed to watch the event ring buffer")?;
+    let mut events =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|error| error.into_parts().1)
+            .context("failed to watch the event ring buffer")?;
     let mut hangup = signal(SignalKind::hangup()).context("failed to handle SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("failed to handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("failed to handle SIGINT")?;
@@ -115,19 +127,29 @@ struct Daemon {
 
 impl Daemon {
     fn start(options: &Options) -> anyhow::Result<Daemon> {
-        let cgroup_mount = cgroup::find_cgroup2_mount().context("failed to find the cgroup v2 mount")?;
+        let cgroup_mount =
+            cgroup::find_cgroup2_mount().context("failed to find the cgroup v2 mount")?;
         let guarded = match &options.cgroup {
-            Some(path) => path.canonicalize().with_context(|| format!("invalid --cgroup {}", path.display()))?,
+            Some(path) => path
+                .canonicalize()
+                .with_context(|| format!("invalid --cgroup {}", path.display()))?,
             None => cgroup_mount.clone(),
         };
         let Ok(relative) = guarded.strip_prefix(&cgroup_mount) else {
-            bail!("invalid --cgroup {}: not inside the cgroup v2 mount {}", guarded.display(), cgroup_mount.display());
+            bail!(
+                "invalid --cgroup {}: not inside the cgroup v2 mount {}",
+                guarded.display(),
+                cgroup_mount.display()
+            );
         };
         let guard_level = relative.components().count() as u32;
-        let guard_cgroup_id =
-            cgroup::cgroup_id(&guarded).with_context(|| format!("failed to read the cgroup ID of {}", guarded.display()))?;
+        let guard_cgroup_id = cgroup::cgroup_id(&guarded)
+            .with_context(|| format!("failed to read the cgroup ID of {}", guarded.display()))?;
 
-        let audit = Audit::open(AuditOptions { force_stderr: options.audit_stderr, ..AuditOptions::default() });
+        let audit = Audit::open(AuditOptions {
+            force_stderr: options.audit_stderr,
+            ..AuditOptions::default()
+        });
         let (rule_set, errors) = rules::load(&options.root);
         let mut degraded = Vec::new();
         for error in &errors {
@@ -156,10 +178,17 @@ impl Daemon {
         // rejected, never let through.
         let adopted = previous.next_id != 0;
         gate.forget_identities();
-        gate.write_config(gate::initial_config(previous, fail_verdict, guard_level, guard_cgroup_id))?;
+        gate.write_config(gate::initial_config(
+            previous,
+            fail_verdict,
+            guard_level,
+            guard_cgroup_id,
+        ))?;
 
         let mut tables = Tables::new(previous.next_id, ask_verdict);
-        tables.install(&mut gate, rule_set.rules).context("failed to install the rules in the gate")?;
+        tables
+            .install(&mut gate, rule_set.rules)
+            .context("failed to install the rules in the gate")?;
 
         let mut daemon = Daemon {
             gate,
@@ -175,7 +204,7 @@ impl Daemon {
             events_lost: 0,
             degraded,
         };
-        daemon.decide_held_flows();
+        daemon.decide_held_flows(Duration::ZERO);
         release_free_memory();
 
         let message = format!(
@@ -183,8 +212,16 @@ impl Daemon {
             guarded.display(),
             daemon.tables.rule_count(),
             rule_set.files.len(),
-            if adopted { ", adopted the pinned gate" } else { "" },
-            if daemon.degraded.is_empty() { String::new() } else { format!(", degraded: {} rule files skipped", daemon.degraded.len()) },
+            if adopted {
+                ", adopted the pinned gate"
+            } else {
+                ""
+            },
+            if daemon.degraded.is_empty() {
+                String::new()
+            } else {
+                format!(", degraded: {} rule files skipped", daemon.degraded.len())
+            },
         );
         daemon.audit.event(audit::EventKind::Started, &message, &[]);
         Ok(daemon)
@@ -198,7 +235,11 @@ impl Daemon {
             let _ = self.gate.write_config(config);
         }
         self.audit.flush();
-        self.audit.event(audit::EventKind::Stopped, "slicewalld stopped; the pinned gate stays in force", &[]);
+        self.audit.event(
+            audit::EventKind::Stopped,
+            "slicewalld stopped; the pinned gate stays in force",
+            &[],
+        );
     }
 
     fn reload(&mut self) {
@@ -212,25 +253,38 @@ impl Daemon {
                 self.degraded.clear();
                 release_free_memory();
                 let message = format!("reloaded {count} rules from {} files", rule_set.files.len());
-                self.audit.event(audit::EventKind::RulesLoaded, &message, &[]);
+                self.audit
+                    .event(audit::EventKind::RulesLoaded, &message, &[]);
             }
             Err(errors) => {
                 for error in &errors {
                     tracing::error!("{error}");
                 }
-                let message = format!("rejected the reload: {} errors, the previous rules stay in force", errors.len());
-                self.audit.event(audit::EventKind::RulesRejected, &message, &[]);
+                let message = format!(
+                    "rejected the reload: {} errors, the previous rules stay in force",
+                    errors.len()
+                );
+                self.audit
+                    .event(audit::EventKind::RulesRejected, &message, &[]);
             }
         }
     }
 
     fn every_second(&mut self) {
         self.audit.flush();
+        self.decide_held_flows(HELD_EVENT_GRACE);
         let lost = self.gate.stat(abi::STAT_EVENTS_LOST);
         if lost > self.events_lost {
-            let message = format!("the gate dropped {} events because the ring buffer was full", lost - self.events_lost);
+            let message = format!(
+                "the gate dropped {} events because the ring buffer was full",
+                lost - self.events_lost
+            );
             tracing::warn!("{message}");
-            self.audit.event(audit::EventKind::LostEvents, &message, &[("SLICEWALL_COUNT", (lost - self.events_lost).to_string())]);
+            self.audit.event(
+                audit::EventKind::LostEvents,
+                &message,
+                &[("SLICEWALL_COUNT", (lost - self.events_lost).to_string())],
+            );
             self.events_lost = lost;
         }
     }
@@ -246,7 +300,9 @@ impl Daemon {
             abi::EVENT_EXEC => {
                 let _ = self.identify(event.tgid, event.cgroup_id, event.uid);
             }
-            abi::EVENT_DECISION => self.audit_event(event, event.verdict, event.reason, event.rule_id),
+            abi::EVENT_DECISION => {
+                self.audit_event(event, event.verdict, event.reason, event.rule_id)
+            }
             abi::EVENT_PENDING => self.decide_pending(event),
             other => tracing::debug!(kind = other, "ignoring an unknown gate event"),
         }
@@ -254,13 +310,20 @@ impl Daemon {
 
     /// Identifies a process: hashes its executable, records it in the gate, and makes sure the
     /// identity (cgroup, executable, uid) has its policy entry.
-    fn identify(&mut self, tgid: u32, cgroup_id: u64, uid: u32) -> Option<(SubjectKey, SubjectInfo)> {
+    fn identify(
+        &mut self,
+        tgid: u32,
+        cgroup_id: u64,
+        uid: u32,
+    ) -> Option<(SubjectKey, SubjectInfo)> {
         let exe = match self.exes.identify_pid(tgid) {
             Ok(exe) => exe,
             // The process exited (or is a zombie) before the daemon looked: nothing to decide.
             Err(ExeError::ProcessGone(_) | ExeError::NoExecutable(_)) => return None,
             Err(error) => {
-                tracing::warn!("failed to identify the executable of pid {tgid}: {error}, ignoring");
+                tracing::warn!(
+                    "failed to identify the executable of pid {tgid}: {error}, ignoring"
+                );
                 return None;
             }
         };
@@ -269,14 +332,25 @@ impl Daemon {
         // recorded with the previous image. Closing that gap needs the exec time of the task,
         // and the gate cannot read it without kernel BTF.
         if let Err(error) = self.gate.tasks.insert(tgid, Task { exe_id, padding: 0 }, 0) {
-            tracing::warn!("failed to record pid {tgid} in the gate: {error}, its flows go through the daemon");
+            tracing::warn!(
+                "failed to record pid {tgid} in the gate: {error}, its flows go through the daemon"
+            );
         }
 
-        let key = SubjectKey { cgroup_id, exe_id, uid };
+        let key = SubjectKey {
+            cgroup_id,
+            exe_id,
+            uid,
+        };
         if let Some(info) = self.tables.subject(&key) {
             return Some((key, info.clone()));
         }
-        let info = SubjectInfo { unit: self.unit_of(cgroup_id), exe, uid, policy: abi::POLICY_NONE };
+        let info = SubjectInfo {
+            unit: self.unit_of(cgroup_id),
+            exe,
+            uid,
+            policy: abi::POLICY_NONE,
+        };
         match self.tables.add_subject(&mut self.gate, key, info.clone()) {
             Ok(policy) => Some((key, SubjectInfo { policy, ..info })),
             Err(error) => {
@@ -318,11 +392,20 @@ impl Daemon {
             return;
         };
         let held = self.gate.held.get(&event.cookie, 0).ok();
-        let is_held = held.is_some_and(|held| held.state == abi::HELD_WAITING && held.flow.tgid == event.tgid);
+        let is_held = held
+            .is_some_and(|held| held.state == abi::HELD_WAITING && held.flow.tgid == event.tgid);
         if !is_held {
             // A datagram the gate rejected while the identity was unknown; the next one is
             // decided in the gate.
-            self.audit_identified(event, &info, Verdict { verdict: abi::VERDICT_DENY, reason: abi::REASON_PENDING, rule_id: 0 });
+            self.audit_identified(
+                event,
+                &info,
+                Verdict {
+                    verdict: abi::VERDICT_DENY,
+                    reason: abi::REASON_PENDING,
+                    rule_id: 0,
+                },
+            );
             return;
         }
 
@@ -332,8 +415,16 @@ impl Daemon {
     }
 
     fn decide_flow(&self, event: &Event, info: &SubjectInfo) -> Verdict {
-        let protocol = if i32::from(event.protocol) == libc::IPPROTO_TCP { Protocol::Tcp } else { Protocol::Udp };
-        let flow = Flow { protocol, address: event.address(), port: event.port };
+        let protocol = if i32::from(event.protocol) == libc::IPPROTO_TCP {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        let flow = Flow {
+            protocol,
+            address: event.address(),
+            port: event.port,
+        };
         self.tables.decide(&info.subject(), &flow)
     }
 
@@ -347,7 +438,10 @@ impl Daemon {
             let _ = self.gate.held.insert(event.cookie, held, 0);
         }
         if i32::from(event.protocol) == libc::IPPROTO_TCP {
-            self.destroys.push(PendingDestroy { cookie: event.cookie, attempts: 0 });
+            self.destroys.push(PendingDestroy {
+                cookie: event.cookie,
+                attempts: 0,
+            });
             self.retry_destroys();
         }
     }
@@ -371,7 +465,12 @@ impl Daemon {
             }
             let source = SocketAddr::new(address_of(held.source_address), held.source_port);
             let destination = SocketAddr::new(held.flow.address(), held.flow.port);
-            let socket = HeldSocket { pid: held.flow.tgid, cookie: pending.cookie, source, destination };
+            let socket = HeldSocket {
+                pid: held.flow.tgid,
+                cookie: pending.cookie,
+                source,
+                destination,
+            };
             match destroy::destroy_tcp_socket(&socket) {
                 Ok(()) | Err(DestroyError::NotFound { .. }) => {}
                 Err(error) => tracing::warn!("{error}; its packets stay dropped"),
@@ -380,11 +479,14 @@ impl Daemon {
         self.destroys = waiting;
     }
 
-    /// Decides the flows an earlier daemon left held, after a restart.
-    fn decide_held_flows(&mut self) {
+    /// Decides held flows whose hold began at least `min_age` ago: those an earlier daemon left
+    /// after a restart, and those whose event was lost because the ring buffer was full.
+    fn decide_held_flows(&mut self, min_age: Duration) {
+        let now = monotonic_ns();
+        let min_age = u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX);
         let held: Vec<(u64, abi::Held)> = self.gate.held.iter().filter_map(Result::ok).collect();
         for (cookie, entry) in held {
-            if entry.state == abi::HELD_WAITING {
+            if entry.state == abi::HELD_WAITING && now.saturating_sub(entry.since_ns) >= min_age {
                 let mut event = entry.flow;
                 event.cookie = cookie;
                 self.decide_pending(&event);
@@ -393,18 +495,39 @@ impl Daemon {
     }
 
     fn audit_event(&mut self, event: &Event, verdict: u8, reason: u8, rule_id: u32) {
-        let key = SubjectKey { cgroup_id: event.cgroup_id, exe_id: event.exe_id, uid: event.uid };
+        let key = SubjectKey {
+            cgroup_id: event.cgroup_id,
+            exe_id: event.exe_id,
+            uid: event.uid,
+        };
         let info = match self.tables.subject(&key) {
             Some(info) => info.clone(),
             None => {
                 let exe = self.exe_by_id.get(&event.exe_id).cloned();
                 let unit = self.unit_of(event.cgroup_id);
-                let decision = self.decision(event, unit.as_ref(), exe.as_deref(), Verdict { verdict, reason, rule_id });
+                let decision = self.decision(
+                    event,
+                    unit.as_ref(),
+                    exe.as_deref(),
+                    Verdict {
+                        verdict,
+                        reason,
+                        rule_id,
+                    },
+                );
                 self.audit.record(decision);
                 return;
             }
         };
-        self.audit_identified(event, &info, Verdict { verdict, reason, rule_id });
+        self.audit_identified(
+            event,
+            &info,
+            Verdict {
+                verdict,
+                reason,
+                rule_id,
+            },
+        );
     }
 
     fn audit_identified(&mut self, event: &Event, info: &SubjectInfo, verdict: Verdict) {
@@ -412,14 +535,25 @@ impl Daemon {
         self.audit.record(decision);
     }
 
-    fn decision(&self, event: &Event, unit: &UnitInfo, exe: Option<&ExeIdentity>, verdict: Verdict) -> Decision {
+    fn decision(
+        &self,
+        event: &Event,
+        unit: &UnitInfo,
+        exe: Option<&ExeIdentity>,
+        verdict: Verdict,
+    ) -> Decision {
         Decision {
-            verdict: if verdict.verdict == abi::VERDICT_ALLOW { audit::Verdict::Allow } else { audit::Verdict::Deny },
+            verdict: if verdict.verdict == abi::VERDICT_ALLOW {
+                audit::Verdict::Allow
+            } else {
+                audit::Verdict::Deny
+            },
             reason: match verdict.reason {
                 abi::REASON_RULE => audit::Reason::Rule,
                 abi::REASON_ASK_FALLBACK => audit::Reason::AskFallback,
                 abi::REASON_FAIL_MODE => audit::Reason::FailMode,
                 abi::REASON_PENDING => audit::Reason::Pending,
+                abi::REASON_LIMIT => audit::Reason::Limit,
                 _ => audit::Reason::NoRule,
             },
             rule: self.tables.origin(verdict.rule_id).map(str::to_owned),
@@ -431,11 +565,26 @@ impl Daemon {
             pid: event.tgid,
             uid: event.uid,
             comm: event.comm(),
-            protocol: if i32::from(event.protocol) == libc::IPPROTO_TCP { "tcp" } else { "udp" },
+            protocol: if i32::from(event.protocol) == libc::IPPROTO_TCP {
+                "tcp"
+            } else {
+                "udp"
+            },
             address: event.address(),
             port: event.port,
         }
     }
+}
+
+/// Reads CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns(), in nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// Hands the memory freed after parsing and compiling a large rule set back to the kernel;

@@ -21,7 +21,11 @@ pub enum AskFallback {
 }
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "slicewalld", version, about = "slicewall daemon: gates every new outbound flow by the systemd unit, executable and user that makes it")]
+#[command(
+    name = "slicewalld",
+    version,
+    about = "slicewall daemon: gates every new outbound flow by the systemd unit, executable and user that makes it"
+)]
 pub struct Options {
     /// Directory that holds etc/, run/ and usr/lib/ with the rule drop-ins (as systemd tools' --root).
     #[arg(long, value_name = "DIR", default_value = "/")]
@@ -39,8 +43,9 @@ pub struct Options {
     #[arg(long, value_enum, default_value_t = FailMode::Closed)]
     pub fail_mode: FailMode,
 
-    /// Verdict of `ask` rules until prompts are available.
-    #[arg(long, value_enum, default_value_t = AskFallback::Deny)]
+    /// Verdict of `ask` rules until prompts are available. Allow keeps the vendor defaults, which
+    /// ask about everything in user.slice, from cutting off users' sessions.
+    #[arg(long, value_enum, default_value_t = AskFallback::Allow)]
     pub ask_fallback: AskFallback,
 
     /// Write audit records to standard error even when the journal is available.

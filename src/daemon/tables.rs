@@ -24,7 +24,12 @@ pub struct SubjectInfo {
 
 impl SubjectInfo {
     pub fn subject(&self) -> Subject<'_> {
-        Subject { unit: &self.unit, exe: Some(&self.exe.path), sha256: Some(&self.exe.sha256), uid: self.uid }
+        Subject {
+            unit: &self.unit,
+            exe: Some(&self.exe.path),
+            sha256: Some(&self.exe.sha256),
+            uid: self.uid,
+        }
     }
 }
 
@@ -95,8 +100,9 @@ impl Tables {
             .map(|(id, rule)| (*id, rule.origin.to_string()))
             .collect();
 
-        let global: Vec<usize> =
-            (0..self.current.rules.len()).filter(|&index| self.current.rules[index].selectors.is_empty()).collect();
+        let global: Vec<usize> = (0..self.current.rules.len())
+            .filter(|&index| self.current.rules[index].selectors.is_empty())
+            .collect();
         let global_policy = self.write_policy(gate, &global)?;
         self.current.global_policy = global_policy;
 
@@ -106,7 +112,10 @@ impl Tables {
             let policy = self.policy_for(gate, &info.subject())?;
             gate.subjects
                 .insert(key, policy, 0)
-                .map_err(|source| GateError::MapUpdate { name: "slicewall_subjects", source })?;
+                .map_err(|source| GateError::MapUpdate {
+                    name: "slicewall_subjects",
+                    source,
+                })?;
             if let Some(entry) = self.subjects.get_mut(&key) {
                 entry.policy = policy;
             }
@@ -120,21 +129,37 @@ impl Tables {
         config.generation = config.generation.wrapping_add(1).max(1);
         gate.write_config(config)?;
 
-        let policies: HashSet<u32> =
-            self.current.policies.values().copied().chain(std::iter::once(global_policy)).collect();
+        let policies: HashSet<u32> = self
+            .current
+            .policies
+            .values()
+            .copied()
+            .chain(std::iter::once(global_policy))
+            .collect();
         let lists: HashSet<u32> = self.current.lists.values().copied().collect();
         drop(previous);
-        gate.prune_policies(|policy| policies.contains(&policy), |list| lists.contains(&list));
+        gate.prune_policies(
+            |policy| policies.contains(&policy),
+            |list| lists.contains(&list),
+        );
         Ok(())
     }
 
     /// Records an identity and points the gate's subject entry at its policy.
-    pub fn add_subject(&mut self, gate: &mut Gate, key: SubjectKey, mut info: SubjectInfo) -> Result<u32, GateError> {
+    pub fn add_subject(
+        &mut self,
+        gate: &mut Gate,
+        key: SubjectKey,
+        mut info: SubjectInfo,
+    ) -> Result<u32, GateError> {
         let policy = self.policy_for(gate, &info.subject())?;
         info.policy = policy;
         gate.subjects
             .insert(key, policy, 0)
-            .map_err(|source| GateError::MapUpdate { name: "slicewall_subjects", source })?;
+            .map_err(|source| GateError::MapUpdate {
+                name: "slicewall_subjects",
+                source,
+            })?;
         self.subjects.insert(key, info);
         Ok(policy)
     }
@@ -154,7 +179,10 @@ impl Tables {
         if matching.is_empty() {
             return Ok(abi::POLICY_NONE);
         }
-        let ids: Vec<u32> = matching.iter().map(|&index| self.current.ids[index]).collect();
+        let ids: Vec<u32> = matching
+            .iter()
+            .map(|&index| self.current.ids[index])
+            .collect();
         if let Some(&policy) = self.current.policies.get(&ids) {
             return Ok(policy);
         }
@@ -167,7 +195,10 @@ impl Tables {
         let policy_id = self.allocate();
         let numbered: Vec<NumberedRule<'_>> = indexes
             .iter()
-            .map(|&index| NumberedRule { id: self.current.ids[index], rule: &self.current.rules[index] })
+            .map(|&index| NumberedRule {
+                id: self.current.ids[index],
+                rule: &self.current.rules[index],
+            })
             .collect();
         let compiled = policy::compile(&numbered, self.ask_verdict);
         for (prefix, list) in compiled.prefixes {
@@ -175,14 +206,23 @@ impl Tables {
                 Some(&id) => id,
                 None => {
                     let id = self.allocate();
-                    gate.lists
-                        .insert(id, list.to_gate(), 0)
-                        .map_err(|source| GateError::MapUpdate { name: "slicewall_lists", source })?;
+                    gate.lists.insert(id, list.to_gate(), 0).map_err(|source| {
+                        GateError::MapUpdate {
+                            name: "slicewall_lists",
+                            source,
+                        }
+                    })?;
                     self.current.lists.insert(list, id);
                     id
                 }
             };
-            gate.set_prefix(policy_id, prefix.key_bits(), prefix.family, prefix.address, list_id)?;
+            gate.set_prefix(
+                policy_id,
+                prefix.key_bits(),
+                prefix.family,
+                prefix.address,
+                list_id,
+            )?;
         }
         Ok(policy_id)
     }
@@ -190,7 +230,11 @@ impl Tables {
     /// Decides a flow in user space, with the same precedence the compiled tables encode.
     pub fn decide(&self, subject: &Subject<'_>, flow: &Flow) -> Verdict {
         let Some(rule) = rules::decide(self.current.rules.iter(), subject, flow) else {
-            return Verdict { verdict: abi::VERDICT_ALLOW, reason: abi::REASON_NO_RULE, rule_id: 0 };
+            return Verdict {
+                verdict: abi::VERDICT_ALLOW,
+                reason: abi::REASON_NO_RULE,
+                rule_id: 0,
+            };
         };
         let index = self
             .current
@@ -200,14 +244,29 @@ impl Tables {
             .expect("decide returns one of the rules it was given");
         let rule_id = self.current.ids[index];
         match rule.action {
-            Action::Allow => Verdict { verdict: abi::VERDICT_ALLOW, reason: abi::REASON_RULE, rule_id },
-            Action::Deny => Verdict { verdict: abi::VERDICT_DENY, reason: abi::REASON_RULE, rule_id },
-            Action::Ask => Verdict { verdict: self.ask_verdict, reason: abi::REASON_ASK_FALLBACK, rule_id },
+            Action::Allow => Verdict {
+                verdict: abi::VERDICT_ALLOW,
+                reason: abi::REASON_RULE,
+                rule_id,
+            },
+            Action::Deny => Verdict {
+                verdict: abi::VERDICT_DENY,
+                reason: abi::REASON_RULE,
+                rule_id,
+            },
+            Action::Ask => Verdict {
+                verdict: self.ask_verdict,
+                reason: abi::REASON_ASK_FALLBACK,
+                rule_id,
+            },
         }
     }
 
     /// Looks up the "file:line" of a rule, for audit records.
     pub fn origin(&self, rule_id: u32) -> Option<&str> {
-        self.origins.get(&rule_id).or_else(|| self.previous_origins.get(&rule_id)).map(String::as_str)
+        self.origins
+            .get(&rule_id)
+            .or_else(|| self.previous_origins.get(&rule_id))
+            .map(String::as_str)
     }
 }

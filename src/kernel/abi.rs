@@ -9,6 +9,7 @@ pub const REASON_NO_RULE: u8 = 2;
 pub const REASON_ASK_FALLBACK: u8 = 3;
 pub const REASON_FAIL_MODE: u8 = 4;
 pub const REASON_PENDING: u8 = 5;
+pub const REASON_LIMIT: u8 = 6;
 
 pub const EVENT_EXEC: u32 = 1;
 pub const EVENT_DECISION: u32 = 2;
@@ -94,7 +95,11 @@ pub struct List {
 
 impl Default for List {
     fn default() -> Self {
-        Self { length: 0, padding: 0, candidates: [Candidate::default(); LIST_MAX] }
+        Self {
+            length: 0,
+            padding: 0,
+            candidates: [Candidate::default(); LIST_MAX],
+        }
     }
 }
 
@@ -122,6 +127,8 @@ pub struct Event {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Held {
     pub flow: Event,
+    /// CLOCK_MONOTONIC time the hold began, in nanoseconds.
+    pub since_ns: u64,
     pub state: u32,
     pub source_port: u16,
     pub padding: u16,
@@ -148,7 +155,7 @@ const _: () = assert!(std::mem::size_of::<aya::maps::lpm_trie::Key<PrefixData>>(
 const _: () = assert!(std::mem::size_of::<Candidate>() == 24);
 const _: () = assert!(std::mem::size_of::<List>() == 8 + 24 * LIST_MAX);
 const _: () = assert!(std::mem::size_of::<Event>() == 80);
-const _: () = assert!(std::mem::size_of::<Held>() == 104);
+const _: () = assert!(std::mem::size_of::<Held>() == 112);
 
 impl Event {
     /// Reads an event from a ring buffer record; `None` if the record is too short.
@@ -172,7 +179,11 @@ impl Event {
 
     /// Returns the process name. The process chose it, so it is for display only.
     pub fn comm(&self) -> String {
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        let end = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
         String::from_utf8_lossy(&self.comm[..end]).into_owned()
     }
 }

@@ -56,7 +56,9 @@ impl Default for MapSizes {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
-    #[error("pin directory {path} is not on a bpf file system (mount one with `mount -t bpf bpf DIR`)")]
+    #[error(
+        "pin directory {path} is not on a bpf file system (mount one with `mount -t bpf bpf DIR`)"
+    )]
     NotBpfFs { path: PathBuf },
     #[error("failed to prepare pin directory {path}")]
     PinDirectory { path: PathBuf, source: io::Error },
@@ -67,13 +69,26 @@ pub enum GateError {
     #[error("eBPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     #[error("failed to load or attach eBPF program {name}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("failed to pin the link of eBPF program {name} at {path}")]
-    PinLink { name: &'static str, path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    PinLink {
+        name: &'static str,
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("eBPF map {name} is missing or has an unexpected type")]
-    Map { name: &'static str, source: Option<MapError> },
+    Map {
+        name: &'static str,
+        source: Option<MapError>,
+    },
     #[error("failed to update eBPF map {name}")]
-    MapUpdate { name: &'static str, source: MapError },
+    MapUpdate {
+        name: &'static str,
+        source: MapError,
+    },
 }
 
 /// Attach point of one of the gate's programs.
@@ -132,7 +147,10 @@ impl Gate {
         let links_dir = options.pin_dir.join("links");
         prepare_pin_dir(&options.pin_dir)?;
         for dir in [&maps_dir, &links_dir] {
-            fs::create_dir_all(dir).map_err(|source| GateError::PinDirectory { path: dir.clone(), source })?;
+            fs::create_dir_all(dir).map_err(|source| GateError::PinDirectory {
+                path: dir.clone(),
+                source,
+            })?;
         }
 
         let sizes = options.sizes;
@@ -147,8 +165,10 @@ impl Gate {
             .load(GATE_OBJECT)
             .map_err(|error| GateError::Load(Box::new(error)))?;
 
-        let cgroup = fs::File::open(&options.cgroup_dir)
-            .map_err(|source| GateError::Cgroup { path: options.cgroup_dir.clone(), source })?;
+        let cgroup = fs::File::open(&options.cgroup_dir).map_err(|source| GateError::Cgroup {
+            path: options.cgroup_dir.clone(),
+            source,
+        })?;
         for &(name, hook) in PROGRAMS {
             let link = attach(&mut ebpf, name, hook, &cgroup)?;
             replace_pinned_link(&links_dir, name, link)?;
@@ -168,33 +188,73 @@ impl Gate {
     }
 
     pub fn read_config(&self) -> Result<Config, GateError> {
-        self.config.get(&0, 0).map_err(|source| GateError::Map { name: "slicewall_config", source: Some(source) })
+        self.config.get(&0, 0).map_err(|source| GateError::Map {
+            name: "slicewall_config",
+            source: Some(source),
+        })
     }
 
     pub fn write_config(&mut self, config: Config) -> Result<(), GateError> {
-        self.config.set(0, config, 0).map_err(|source| GateError::MapUpdate { name: "slicewall_config", source })
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| GateError::MapUpdate {
+                name: "slicewall_config",
+                source,
+            })
     }
 
     /// Sums a per-CPU counter.
     pub fn stat(&self, index: u32) -> u64 {
-        self.stats.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
+        self.stats
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Points `policy`'s entry for an address prefix at a candidate list. `key_bits` counts the
     /// family byte and the address bits (0 for the policy's root, which matches any address).
-    pub fn set_prefix(&mut self, policy: u32, key_bits: u32, family: u8, address: [u8; 16], list: u32) -> Result<(), GateError> {
-        let key = LpmKey::new(32 + key_bits, PrefixData { policy, family, address, padding: [0; 3] });
-        self.prefixes.insert(&key, list, 0).map_err(|source| GateError::MapUpdate { name: "slicewall_prefixes", source })
+    pub fn set_prefix(
+        &mut self,
+        policy: u32,
+        key_bits: u32,
+        family: u8,
+        address: [u8; 16],
+        list: u32,
+    ) -> Result<(), GateError> {
+        let key = LpmKey::new(
+            32 + key_bits,
+            PrefixData {
+                policy,
+                family,
+                address,
+                padding: [0; 3],
+            },
+        );
+        self.prefixes
+            .insert(&key, list, 0)
+            .map_err(|source| GateError::MapUpdate {
+                name: "slicewall_prefixes",
+                source,
+            })
     }
 
     /// Removes every prefix whose policy `keep` rejects, with the lists no kept prefix uses.
     pub fn prune_policies(&mut self, keep: impl Fn(u32) -> bool, keep_list: impl Fn(u32) -> bool) {
-        let stale: Vec<LpmKey<PrefixData>> =
-            self.prefixes.keys().filter_map(Result::ok).filter(|key| !keep(key.data().policy)).collect();
+        let stale: Vec<LpmKey<PrefixData>> = self
+            .prefixes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !keep(key.data().policy))
+            .collect();
         for key in stale {
             let _ = self.prefixes.remove(&key);
         }
-        let stale_lists: Vec<u32> = self.lists.keys().filter_map(Result::ok).filter(|id| !keep_list(*id)).collect();
+        let stale_lists: Vec<u32> = self
+            .lists
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !keep_list(*id))
+            .collect();
         for id in stale_lists {
             let _ = self.lists.remove(&id);
         }
@@ -243,16 +303,26 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<(), GateError> {
     while !existing.exists() {
         existing = existing.parent().unwrap_or(Path::new("/"));
     }
-    if !is_bpffs(existing) && pin_dir.starts_with(DEFAULT_BPFFS) && Path::new(DEFAULT_BPFFS).is_dir() {
+    if !is_bpffs(existing)
+        && pin_dir.starts_with(DEFAULT_BPFFS)
+        && Path::new(DEFAULT_BPFFS).is_dir()
+    {
         // Machines booted without systemd may not have mounted it.
-        mount_bpffs(Path::new(DEFAULT_BPFFS))
-            .map_err(|source| GateError::PinDirectory { path: DEFAULT_BPFFS.into(), source })?;
+        mount_bpffs(Path::new(DEFAULT_BPFFS)).map_err(|source| GateError::PinDirectory {
+            path: DEFAULT_BPFFS.into(),
+            source,
+        })?;
         existing = Path::new(DEFAULT_BPFFS);
     }
     if !is_bpffs(existing) {
-        return Err(GateError::NotBpfFs { path: existing.to_owned() });
+        return Err(GateError::NotBpfFs {
+            path: existing.to_owned(),
+        });
     }
-    fs::create_dir_all(pin_dir).map_err(|source| GateError::PinDirectory { path: pin_dir.to_owned(), source })
+    fs::create_dir_all(pin_dir).map_err(|source| GateError::PinDirectory {
+        path: pin_dir.to_owned(),
+        source,
+    })
 }
 
 fn mount_bpffs(target: &Path) -> io::Result<()> {
@@ -261,9 +331,19 @@ fn mount_bpffs(target: &Path) -> io::Result<()> {
     let target = std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: every pointer is a valid NUL-terminated string; data may be null.
     let result = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Checks whether `path` lies on a bpf file system.
@@ -281,8 +361,15 @@ pub fn is_bpffs(path: &Path) -> bool {
     result == 0 && unsafe { stat.assume_init() }.f_type == BPF_FS_MAGIC
 }
 
-fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook, cgroup: &fs::File) -> Result<FdLink, GateError> {
-    let program = ebpf.program_mut(name).ok_or(GateError::MissingProgram { name })?;
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    hook: Hook,
+    cgroup: &fs::File,
+) -> Result<FdLink, GateError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(GateError::MissingProgram { name })?;
     let failed = |source: ProgramError| GateError::Program { name, source };
     let pin_failed = |source: Box<dyn std::error::Error + Send + Sync>| GateError::PinLink {
         name,
@@ -311,7 +398,9 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook, cgroup: &fs::File) ->
         Hook::Skb => {
             let program: &mut CgroupSkb = program.try_into().map_err(failed)?;
             program.load().map_err(failed)?;
-            let id = program.attach(fd, CgroupSkbAttachType::Egress, mode).map_err(failed)?;
+            let id = program
+                .attach(fd, CgroupSkbAttachType::Egress, mode)
+                .map_err(failed)?;
             let link = program.take_link(id).map_err(failed)?;
             FdLink::try_from(link).map_err(|error| pin_failed(Box::new(error)))?
         }
@@ -334,7 +423,11 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook, cgroup: &fs::File) ->
 
 /// Pins the new link, then removes the previous daemon's link of the same program, so the old
 /// program detaches only after the new one is attached.
-fn replace_pinned_link(links_dir: &Path, name: &'static str, link: FdLink) -> Result<(), GateError> {
+fn replace_pinned_link(
+    links_dir: &Path,
+    name: &'static str,
+    link: FdLink,
+) -> Result<(), GateError> {
     let path = links_dir.join(name);
     // bpffs rejects names with a dot, so the staging name uses an underscore.
     let staging = links_dir.join(format!("{name}_new"));
@@ -346,15 +439,24 @@ fn replace_pinned_link(links_dir: &Path, name: &'static str, link: FdLink) -> Re
     })?;
     drop(pinned);
     let _ = fs::remove_file(&path);
-    fs::rename(&staging, &path).map_err(|source| GateError::PinLink { name, path, source: Box::new(source) })
+    fs::rename(&staging, &path).map_err(|source| GateError::PinLink {
+        name,
+        path,
+        source: Box::new(source),
+    })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, GateError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(GateError::Map { name, source: None })?;
-    T::try_from(map).map_err(|source| GateError::Map { name, source: Some(source) })
+    let map = ebpf
+        .take_map(name)
+        .ok_or(GateError::Map { name, source: None })?;
+    T::try_from(map).map_err(|source| GateError::Map {
+        name,
+        source: Some(source),
+    })
 }
 
 /// Timer frequency the kernel assumes when none can be read: Debian's and Fedora's CONFIG_HZ.
@@ -366,7 +468,8 @@ pub fn kernel_hz() -> u32 {
     use std::io::Read;
 
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut text = fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
+    let mut text =
+        fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
     if text.is_empty() {
         if let Ok(file) = fs::File::open("/proc/config.gz") {
             let _ = flate2::read::GzDecoder::new(file).read_to_string(&mut text);
@@ -376,7 +479,10 @@ pub fn kernel_hz() -> u32 {
 }
 
 fn parse_config_hz(config: &str) -> Option<u32> {
-    config.lines().find_map(|line| line.strip_prefix("CONFIG_HZ=")).and_then(|value| value.trim().parse().ok())
+    config
+        .lines()
+        .find_map(|line| line.strip_prefix("CONFIG_HZ="))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// Held sockets retransmit their SYN after this long, then back off exponentially.
@@ -387,7 +493,12 @@ pub fn hold_rto_jiffies() -> u32 {
 }
 
 /// Builds the configuration the gate starts with.
-pub fn initial_config(previous: Config, fail_verdict: u8, guard_level: u32, guard_cgroup_id: u64) -> Config {
+pub fn initial_config(
+    previous: Config,
+    fail_verdict: u8,
+    guard_level: u32,
+    guard_cgroup_id: u64,
+) -> Config {
     Config {
         daemon_present: 1,
         fail_verdict: u32::from(fail_verdict),
@@ -409,7 +520,10 @@ mod tests {
 
     #[test]
     fn config_hz_parsed() {
-        assert_eq!(parse_config_hz("CONFIG_HZ_250=y\nCONFIG_HZ=250\n"), Some(250));
+        assert_eq!(
+            parse_config_hz("CONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            Some(250)
+        );
         assert_eq!(parse_config_hz("CONFIG_HZ_1000=y\n"), None);
     }
 }

@@ -4,27 +4,46 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 
 use super::*;
-use crate::rules::{decide, Destination, Flow, Origin, PortRange, Selectors, Subject, UnitSelector};
+use crate::rules::{
+    decide, Destination, Flow, Origin, PortRange, Selectors, Subject, UnitSelector,
+};
 use crate::unit::parse_cgroup_path;
 
 const ASK: u8 = abi::VERDICT_DENY;
 
 fn rule(action: Action, addresses: &[&str], ports: &[(u16, u16)], protocol: Protocol) -> Rule {
     Rule {
-        origin: Origin { file: PathBuf::from("test.toml"), line: 1, column: 1 },
+        origin: Origin {
+            file: PathBuf::from("test.toml"),
+            line: 1,
+            column: 1,
+        },
         action,
         priority: 0,
         selectors: Selectors::default(),
         destination: Destination {
-            addresses: addresses.iter().map(|text| text.parse::<IpNet>().unwrap()).collect(),
-            ports: ports.iter().map(|&(first, last)| PortRange { first, last }).collect(),
+            addresses: addresses
+                .iter()
+                .map(|text| text.parse::<IpNet>().unwrap())
+                .collect(),
+            ports: ports
+                .iter()
+                .map(|&(first, last)| PortRange { first, last })
+                .collect(),
             protocol,
         },
     }
 }
 
 fn numbered(rules: &[Rule]) -> Vec<NumberedRule<'_>> {
-    rules.iter().enumerate().map(|(index, rule)| NumberedRule { id: index as u32 + 1, rule }).collect()
+    rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| NumberedRule {
+            id: index as u32 + 1,
+            rule,
+        })
+        .collect()
 }
 
 fn verdict_of(evaluation: Evaluation) -> Option<u8> {
@@ -38,17 +57,37 @@ fn verdict_of(evaluation: Evaluation) -> Option<u8> {
 fn longest_prefix_carries_shorter_prefixes() {
     let rules = [
         rule(Action::Deny, &["192.0.2.0/24"], &[], Protocol::Any),
-        rule(Action::Allow, &["192.0.2.7/32"], &[(443, 443)], Protocol::Tcp),
+        rule(
+            Action::Allow,
+            &["192.0.2.7/32"],
+            &[(443, 443)],
+            Protocol::Tcp,
+        ),
     ];
     let compiled = compile(&numbered(&rules), ASK);
     let host: IpAddr = "192.0.2.7".parse().unwrap();
     let tcp = libc::IPPROTO_TCP as u8;
     let udp = libc::IPPROTO_UDP as u8;
 
-    assert_eq!(verdict_of(compiled.evaluate(host, tcp, 443)), Some(abi::VERDICT_ALLOW), "the /32 rule");
-    assert_eq!(verdict_of(compiled.evaluate(host, tcp, 80)), Some(abi::VERDICT_DENY), "the /24 below it");
-    assert_eq!(verdict_of(compiled.evaluate(host, udp, 443)), Some(abi::VERDICT_DENY), "protocol not covered");
-    assert_eq!(compiled.evaluate("198.51.100.1".parse().unwrap(), tcp, 443), Evaluation::NoMatch);
+    assert_eq!(
+        verdict_of(compiled.evaluate(host, tcp, 443)),
+        Some(abi::VERDICT_ALLOW),
+        "the /32 rule"
+    );
+    assert_eq!(
+        verdict_of(compiled.evaluate(host, tcp, 80)),
+        Some(abi::VERDICT_DENY),
+        "the /24 below it"
+    );
+    assert_eq!(
+        verdict_of(compiled.evaluate(host, udp, 443)),
+        Some(abi::VERDICT_DENY),
+        "protocol not covered"
+    );
+    assert_eq!(
+        compiled.evaluate("198.51.100.1".parse().unwrap(), tcp, 443),
+        Evaluation::NoMatch
+    );
 }
 
 #[test]
@@ -56,9 +95,19 @@ fn ipv6_prefix_never_contains_ipv4() {
     let rules = [rule(Action::Deny, &["::/0"], &[], Protocol::Any)];
     let compiled = compile(&numbered(&rules), ASK);
     let tcp = libc::IPPROTO_TCP as u8;
-    assert_eq!(compiled.evaluate("192.0.2.1".parse().unwrap(), tcp, 80), Evaluation::NoMatch);
-    assert_eq!(compiled.evaluate("::ffff:192.0.2.1".parse().unwrap(), tcp, 80), Evaluation::NoMatch, "mapped is IPv4");
-    assert_eq!(verdict_of(compiled.evaluate("2001:db8::1".parse().unwrap(), tcp, 80)), Some(abi::VERDICT_DENY));
+    assert_eq!(
+        compiled.evaluate("192.0.2.1".parse().unwrap(), tcp, 80),
+        Evaluation::NoMatch
+    );
+    assert_eq!(
+        compiled.evaluate("::ffff:192.0.2.1".parse().unwrap(), tcp, 80),
+        Evaluation::NoMatch,
+        "mapped is IPv4"
+    );
+    assert_eq!(
+        verdict_of(compiled.evaluate("2001:db8::1".parse().unwrap(), tcp, 80)),
+        Some(abi::VERDICT_DENY)
+    );
 }
 
 #[test]
@@ -66,7 +115,10 @@ fn mapped_address_is_judged_as_ipv4() {
     let rules = [rule(Action::Deny, &["192.0.2.0/24"], &[], Protocol::Any)];
     let compiled = compile(&numbered(&rules), ASK);
     let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
-    assert_eq!(verdict_of(compiled.evaluate(mapped, libc::IPPROTO_UDP as u8, 53)), Some(abi::VERDICT_DENY));
+    assert_eq!(
+        verdict_of(compiled.evaluate(mapped, libc::IPPROTO_UDP as u8, 53)),
+        Some(abi::VERDICT_DENY)
+    );
 }
 
 #[test]
@@ -78,17 +130,27 @@ fn rules_without_address_reach_every_prefix() {
     let compiled = compile(&numbered(&rules), ASK);
     let tcp = libc::IPPROTO_TCP as u8;
     // Port 25 deny is less specific by address, so the /24 allow wins inside it...
-    assert_eq!(verdict_of(compiled.evaluate("192.0.2.1".parse().unwrap(), tcp, 25)), Some(abi::VERDICT_ALLOW));
+    assert_eq!(
+        verdict_of(compiled.evaluate("192.0.2.1".parse().unwrap(), tcp, 25)),
+        Some(abi::VERDICT_ALLOW)
+    );
     // ...and the deny applies everywhere else.
-    assert_eq!(verdict_of(compiled.evaluate("198.51.100.1".parse().unwrap(), tcp, 25)), Some(abi::VERDICT_DENY));
-    assert_eq!(verdict_of(compiled.evaluate("2001:db8::1".parse().unwrap(), tcp, 25)), Some(abi::VERDICT_DENY));
+    assert_eq!(
+        verdict_of(compiled.evaluate("198.51.100.1".parse().unwrap(), tcp, 25)),
+        Some(abi::VERDICT_DENY)
+    );
+    assert_eq!(
+        verdict_of(compiled.evaluate("2001:db8::1".parse().unwrap(), tcp, 25)),
+        Some(abi::VERDICT_DENY)
+    );
 }
 
 #[test]
 fn ask_rules_compile_to_the_fallback() {
     let rules = [rule(Action::Ask, &[], &[], Protocol::Any)];
     let compiled = compile(&numbered(&rules), abi::VERDICT_ALLOW);
-    let Evaluation::Matched(candidate) = compiled.evaluate("192.0.2.1".parse().unwrap(), 6, 80) else {
+    let Evaluation::Matched(candidate) = compiled.evaluate("192.0.2.1".parse().unwrap(), 6, 80)
+    else {
         panic!("ask rule did not match");
     };
     assert_eq!(candidate.verdict, abi::VERDICT_ALLOW);
@@ -98,17 +160,27 @@ fn ask_rules_compile_to_the_fallback() {
 #[test]
 fn shadowed_candidates_are_dropped_and_long_lists_overflow() {
     let mut rules = vec![rule(Action::Deny, &["192.0.2.0/24"], &[], Protocol::Any)];
-    rules.push(rule(Action::Allow, &["192.0.2.0/24"], &[(80, 80)], Protocol::Tcp));
+    rules.push(rule(
+        Action::Allow,
+        &["192.0.2.0/24"],
+        &[(80, 80)],
+        Protocol::Tcp,
+    ));
     let compiled = compile(&numbered(&rules), ASK);
     // Both rules match; the port rule ranks higher (narrower port), and the any-port deny after
     // it stays because it covers other ports.
     assert!(matches!(&compiled.prefixes[0].1, CandidateList::Candidates(list) if list.len() == 2));
 
-    let many: Vec<Rule> = (1..=40).map(|port| rule(Action::Deny, &[], &[(port, port)], Protocol::Any)).collect();
+    let many: Vec<Rule> = (1..=40)
+        .map(|port| rule(Action::Deny, &[], &[(port, port)], Protocol::Any))
+        .collect();
     let compiled = compile(&numbered(&many), ASK);
     assert_eq!(compiled.prefixes[0].1, CandidateList::Overflow);
     assert_eq!(compiled.prefixes[0].1.to_gate().length, abi::LIST_OVERFLOW);
-    assert_eq!(compiled.evaluate("192.0.2.1".parse().unwrap(), 6, 5), Evaluation::Overflow);
+    assert_eq!(
+        compiled.evaluate("192.0.2.1".parse().unwrap(), 6, 5),
+        Evaluation::Overflow
+    );
 }
 
 /// The gate's two lookups (identity policy, then global policy, best rank wins) must reach the
@@ -116,13 +188,35 @@ fn shadowed_candidates_are_dropped_and_long_lists_overflow() {
 #[test]
 fn compiled_tables_agree_with_decide() {
     let prefixes = [
-        "192.0.2.0/24", "192.0.2.128/25", "192.0.2.7/32", "198.51.100.0/24", "0.0.0.0/0", "2001:db8::/32",
-        "2001:db8:1::/48", "2001:db8:1::7/128", "::/0",
+        "192.0.2.0/24",
+        "192.0.2.128/25",
+        "192.0.2.7/32",
+        "198.51.100.0/24",
+        "0.0.0.0/0",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+        "2001:db8:1::7/128",
+        "::/0",
     ];
-    let addresses = ["192.0.2.7", "192.0.2.200", "192.0.2.1", "198.51.100.3", "203.0.113.1", "::ffff:192.0.2.7", "2001:db8:1::7", "2001:db8:2::1", "2001:db9::1"];
+    let addresses = [
+        "192.0.2.7",
+        "192.0.2.200",
+        "192.0.2.1",
+        "198.51.100.3",
+        "203.0.113.1",
+        "::ffff:192.0.2.7",
+        "2001:db8:1::7",
+        "2001:db8:2::1",
+        "2001:db9::1",
+    ];
     let ports = [(53, 53), (80, 80), (443, 443), (8000, 8099), (1, 1023)];
     let unit = parse_cgroup_path("/system.slice/app.service");
-    let subject = Subject { unit: &unit, exe: None, sha256: None, uid: 0 };
+    let subject = Subject {
+        unit: &unit,
+        exe: None,
+        sha256: None,
+        uid: 0,
+    };
     let mut random = fastrand::Rng::with_seed(7);
 
     for round in 0..300 {
@@ -131,9 +225,13 @@ fn compiled_tables_agree_with_decide() {
             .map(|_| {
                 let action = [Action::Allow, Action::Deny, Action::Ask][random.usize(0..3)];
                 let address_count = random.usize(0..3);
-                let chosen: Vec<&str> = (0..address_count).map(|_| prefixes[random.usize(0..prefixes.len())]).collect();
+                let chosen: Vec<&str> = (0..address_count)
+                    .map(|_| prefixes[random.usize(0..prefixes.len())])
+                    .collect();
                 let port_count = random.usize(0..3);
-                let chosen_ports: Vec<(u16, u16)> = (0..port_count).map(|_| ports[random.usize(0..ports.len())]).collect();
+                let chosen_ports: Vec<(u16, u16)> = (0..port_count)
+                    .map(|_| ports[random.usize(0..ports.len())])
+                    .collect();
                 let protocol = [Protocol::Any, Protocol::Tcp, Protocol::Udp][random.usize(0..3)];
                 let mut rule = rule(action, &chosen, &chosen_ports, protocol);
                 rule.priority = [0, 0, 0, 5, -5][random.usize(0..5)];
@@ -144,8 +242,9 @@ fn compiled_tables_agree_with_decide() {
             })
             .collect();
         let all = numbered(&rules);
-        let (identity, global): (Vec<NumberedRule<'_>>, Vec<NumberedRule<'_>>) =
-            all.iter().partition(|numbered| !numbered.rule.selectors.is_empty());
+        let (identity, global): (Vec<NumberedRule<'_>>, Vec<NumberedRule<'_>>) = all
+            .iter()
+            .partition(|numbered| !numbered.rule.selectors.is_empty());
         let identity = compile(&identity, ASK);
         let global = compile(&global, ASK);
 
@@ -153,12 +252,19 @@ fn compiled_tables_agree_with_decide() {
             for port in [53, 80, 443, 8050, 9000] {
                 for (protocol, protocol_number) in [(Protocol::Tcp, 6u8), (Protocol::Udp, 17u8)] {
                     let address: IpAddr = address.parse().unwrap();
-                    let flow = Flow { protocol, address, port };
+                    let flow = Flow {
+                        protocol,
+                        address,
+                        port,
+                    };
                     let expected = decide(&rules, &subject, &flow).map(|rule| match rule.action {
                         Action::Allow => abi::VERDICT_ALLOW,
                         _ => abi::VERDICT_DENY,
                     });
-                    let evaluations = [identity.evaluate(address, protocol_number, port), global.evaluate(address, protocol_number, port)];
+                    let evaluations = [
+                        identity.evaluate(address, protocol_number, port),
+                        global.evaluate(address, protocol_number, port),
+                    ];
                     if evaluations.contains(&Evaluation::Overflow) {
                         continue;
                     }

@@ -36,7 +36,12 @@ macro_rules! require_lab {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique(tag: &str) -> String {
-    format!("sw{}{}{}", std::process::id() % 100_000, tag, COUNTER.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "sw{}{}{}",
+        std::process::id() % 100_000,
+        tag,
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Checks root, cgroup v2, a bpf file system and the tools the lab needs.
@@ -45,13 +50,27 @@ pub fn check_privileges() -> Result<(), String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (eBPF, cgroups and network namespaces)".into());
     }
-    let mount = slicewall::cgroup::find_cgroup2_mount().map_err(|error| format!("no cgroup v2 mount: {error}"))?;
+    let mount = slicewall::cgroup::find_cgroup2_mount()
+        .map_err(|error| format!("no cgroup v2 mount: {error}"))?;
     if !mount.join("cgroup.procs").exists() {
-        return Err(format!("cgroup v2 mount {} has no cgroup.procs", mount.display()));
+        return Err(format!(
+            "cgroup v2 mount {} has no cgroup.procs",
+            mount.display()
+        ));
     }
     for tool in ["ip", "mount", "umount"] {
-        if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err()
-            && Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err()
+        if Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+            && Command::new(tool)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_err()
         {
             return Err(format!("{tool} is not installed"));
         }
@@ -60,8 +79,15 @@ pub fn check_privileges() -> Result<(), String> {
 }
 
 pub fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program).args(args).output().unwrap_or_else(|error| panic!("failed to run {program}: {error}"));
-    assert!(output.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("failed to run {program}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A network namespace created with `ip netns add`, deleted on drop.
@@ -89,7 +115,10 @@ impl Netns {
     }
 
     /// Runs `f` on a thread that has entered this namespace; sockets it creates stay in it.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
         let file = fs::File::open(self.path()).expect("open netns");
         std::thread::spawn(move || {
             // SAFETY: setns on this thread only, with a valid namespace descriptor.
@@ -102,7 +131,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
     }
 }
 
@@ -121,13 +152,19 @@ impl Cgroup {
         let name = format!("slicewalltest{}.slice", unique(tag));
         let path = mount.join(&name);
         fs::create_dir(&path).unwrap();
-        Cgroup { path, relative: format!("/{name}") }
+        Cgroup {
+            path,
+            relative: format!("/{name}"),
+        }
     }
 
     pub fn child(&self, name: &str) -> Cgroup {
         let path = self.path.join(name);
         fs::create_dir_all(&path).unwrap();
-        Cgroup { path, relative: format!("{}/{name}", self.relative) }
+        Cgroup {
+            path,
+            relative: format!("{}/{name}", self.relative),
+        }
     }
 }
 
@@ -205,7 +242,8 @@ impl Echo {
         let port = tcp.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         tcp.set_nonblocking(true).unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
 
         let received = Arc::new(AtomicU32::new(0));
         let tcp_received = Arc::clone(&received);
@@ -222,7 +260,9 @@ impl Echo {
                             let mut buffer = [0u8; 1024];
                             if let Ok(n) = stream.read(&mut buffer) {
                                 if buffer[..n].starts_with(b"GET ") {
-                                    let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+                                    let _ = stream.write_all(
+                                        b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+                                    );
                                 } else {
                                     let _ = stream.write_all(&buffer[..n]);
                                 }
@@ -243,7 +283,12 @@ impl Echo {
                 }
             }
         });
-        Echo { stop, threads: vec![tcp_thread, udp_thread], port, received }
+        Echo {
+            stop,
+            threads: vec![tcp_thread, udp_thread],
+            port,
+            received,
+        }
     }
 }
 
@@ -292,10 +337,19 @@ impl Daemon {
     }
 
     fn launch(&mut self, extra: &[&str]) {
-        let notify_path = self._logs.path().join(format!("notify-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let notify_path = self
+            ._logs
+            .path()
+            .join(format!("notify-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
         let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let stderr = fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .unwrap();
         let child = Command::new(slicewalld())
             .arg("--root")
             .arg(&self.root)
@@ -318,14 +372,24 @@ impl Daemon {
         let mut buffer = [0u8; 4096];
         loop {
             if let Ok(n) = notify.recv(&mut buffer) {
-                if String::from_utf8_lossy(&buffer[..n]).lines().any(|line| line == "READY=1") {
+                if String::from_utf8_lossy(&buffer[..n])
+                    .lines()
+                    .any(|line| line == "READY=1")
+                {
                     break;
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("slicewalld exited before it was ready ({status}):\n{}", self.log());
+                panic!(
+                    "slicewalld exited before it was ready ({status}):\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "slicewalld not ready after 30 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "slicewalld not ready after 30 s:\n{}",
+                self.log()
+            );
         }
         let _ = fs::remove_file(&notify_path);
     }
@@ -383,7 +447,11 @@ impl Daemon {
             if predicate(&records) {
                 return records;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; daemon log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; daemon log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -392,7 +460,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-        let _ = Command::new(slicewalld()).arg("--cleanup").arg("--pin-dir").arg(&self.pin_dir).output();
+        let _ = Command::new(slicewalld())
+            .arg("--cleanup")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output();
         if std::thread::panicking() {
             eprintln!("--- slicewalld log ---\n{}", self.log());
         }
@@ -480,24 +552,58 @@ impl Network {
         let server = Netns::new("s");
         let veth = format!("v{}", unique(""));
         let peer = format!("{veth}p");
-        client.ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer, "netns", &server.name]);
+        client.ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &server.name,
+        ]);
         client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", &veth]);
-        client.ip(&["addr", "add", &format!("{CLIENT_V6}/64"), "dev", &veth, "nodad"]);
+        client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_V6}/64"),
+            "dev",
+            &veth,
+            "nodad",
+        ]);
         client.ip(&["link", "set", &veth, "up"]);
         server.ip(&["addr", "add", &format!("{SERVER_V4}/24"), "dev", &peer]);
-        server.ip(&["addr", "add", &format!("{SERVER_V6}/64"), "dev", &peer, "nodad"]);
+        server.ip(&[
+            "addr",
+            "add",
+            &format!("{SERVER_V6}/64"),
+            "dev",
+            &peer,
+            "nodad",
+        ]);
         server.ip(&["link", "set", &peer, "up"]);
         let loopback4 = Echo::start(&client, "127.0.0.1:0");
         let loopback6 = Echo::start(&client, "[::1]:0");
         let veth4 = Echo::start(&server, &format!("{SERVER_V4}:0"));
         let veth6 = Echo::start(&server, &format!("[{SERVER_V6}]:0"));
-        Network { client, server, loopback4, loopback6, veth4, veth6 }
+        Network {
+            client,
+            server,
+            loopback4,
+            loopback6,
+            veth4,
+            veth6,
+        }
     }
 }
 
 /// Runs `program` inside `cgroup` and the client namespace, and returns its output.
 pub fn run_in(cgroup: &Cgroup, netns: &Netns, program: &Path, args: &[&str]) -> Output {
-    spawn_in(cgroup, netns, program, args).wait_with_output().expect("wait for client")
+    spawn_in(cgroup, netns, program, args)
+        .wait_with_output()
+        .expect("wait for client")
 }
 
 /// Starts `program` inside `cgroup` and `netns`; it joins both before exec, so its first
@@ -506,7 +612,11 @@ pub fn spawn_in(cgroup: &Cgroup, netns: &Netns, program: &Path, args: &[&str]) -
     let procs = cgroup.path.join("cgroup.procs");
     let netns_file = fs::File::open(netns.path()).unwrap();
     let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let netns_fd = netns_file.as_raw_fd();
     let procs_c = std::ffi::CString::new(procs.to_str().unwrap()).unwrap();
     // SAFETY: the closure runs in the child between fork and exec and only makes async-signal-
@@ -538,13 +648,34 @@ pub fn probe() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let path = dir.join("examples").join("probe");
-    assert!(path.exists(), "{} is missing; build it with `cargo build --example probe`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing; build it with `cargo build --example probe`",
+        path.display()
+    );
     path
+}
+
+/// A probe line with either kind of denial written as `denied`: EPERM when the gate decided in
+/// the kernel, ECONNABORTED when it held the connect and the daemon denied it. Which one a flow
+/// gets depends on whether the daemon identified a just-started program before its first flow.
+pub const DENIED: &str = "denied";
+
+pub fn outcome(line: &str) -> String {
+    for denial in ["error: EPERM (errno 1)", "error: ECONNABORTED (errno 103)"] {
+        if let Some(rest) = line.strip_prefix(denial) {
+            return format!("{DENIED}{rest}");
+        }
+    }
+    line.to_owned()
 }
 
 /// Result lines a probe printed.
 pub fn probe_lines(output: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Writes a rule file under `root`'s `dir` ("etc", "run" or "usr/lib").
@@ -558,7 +689,9 @@ pub fn write_rules(root: &Path, dir: &str, name: &str, text: &str) -> PathBuf {
 
 /// Reads lines from a child's stdout as they come.
 pub fn lines_of(child: &mut Child) -> impl Iterator<Item = String> {
-    BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok)
+    BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
 }
 
 /// Everything one test needs: rules root, guarded cgroup, pins, network and daemon.
@@ -579,14 +712,23 @@ impl Lab {
         if !rules.is_empty() {
             write_rules(root.path(), "etc", "50-test.toml", rules);
         }
-        Lab { daemon: None, network: Network::new(), cgroup: Cgroup::new_top("t"), bpffs: BpfFs::new(), root }
+        Lab {
+            daemon: None,
+            network: Network::new(),
+            cgroup: Cgroup::new_top("t"),
+            bpffs: BpfFs::new(),
+            root,
+        }
     }
 
     /// Starts the daemon and checks that it loaded every rule file.
     pub fn start(&mut self, extra: &[&str]) -> &mut Daemon {
         let daemon = self.start_degraded(extra);
         let log = daemon.log();
-        assert!(!log.contains("degraded"), "a rule file of the test was rejected:\n{log}");
+        assert!(
+            !log.contains("degraded"),
+            "a rule file of the test was rejected:\n{log}"
+        );
         daemon
     }
 
@@ -604,12 +746,20 @@ impl Lab {
         self.daemon.as_mut().expect("daemon started")
     }
 
-    /// Runs the probe in `cgroup` and returns the result line of each flow.
+    /// Runs the probe in `cgroup` and returns the outcome of each flow, see [`outcome`].
     pub fn probe(&self, cgroup: &Cgroup, args: &[&str]) -> Vec<String> {
         self.probe_with(&probe(), cgroup, args)
     }
 
     pub fn probe_with(&self, program: &Path, cgroup: &Cgroup, args: &[&str]) -> Vec<String> {
+        self.probe_raw(program, cgroup, args)
+            .iter()
+            .map(|line| outcome(line))
+            .collect()
+    }
+
+    /// Runs `program` in `cgroup` and returns the lines it printed, unchanged.
+    pub fn probe_raw(&self, program: &Path, cgroup: &Cgroup, args: &[&str]) -> Vec<String> {
         let output = run_in(cgroup, &self.network.client, program, args);
         probe_lines(&output)
     }
@@ -626,7 +776,10 @@ impl Lab {
             if tail.contains("reloaded") || tail.contains("rejected the reload") {
                 return tail.to_owned();
             }
-            assert!(Instant::now() < deadline, "no reload outcome in the log:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "no reload outcome in the log:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -40,6 +40,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } slicewall_tasks SEC(".maps");
 
+/* When each guarded process last called execve() (bpf_ktime_get_ns), written only here. A task
+ * entry counts only while its exec_ns matches, so an executable the daemon read before a later
+ * exec is never used for the new program. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_execs SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
@@ -98,6 +109,7 @@ struct {
 struct flow {
 	__u64 cgroup_id;
 	__u64 cookie;
+	__u64 exec_ns;
 	__u32 tgid;
 	__u32 uid;
 	__u32 exe_id;
@@ -134,6 +146,7 @@ static __always_inline void fill_event(struct slicewall_event *event, __u32 kind
 	event->kind = kind;
 	event->tgid = flow->tgid;
 	event->cookie = flow->cookie;
+	event->exec_ns = flow->exec_ns;
 	event->cgroup_id = flow->cgroup_id;
 	event->uid = flow->uid;
 	event->exe_id = flow->exe_id;
@@ -334,6 +347,7 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	struct slicewall_sock *storage;
 	struct slicewall_task *task;
 	struct flow flow = {};
+	__u64 *exec_ns;
 	__u32 *policy;
 	__u8 cached;
 	int result;
@@ -367,13 +381,16 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	/* The socket's cgroup is the one it was created in, which is also what nftables matches. */
 	storage = bpf_sk_storage_get(&slicewall_socks, ctx->sk, 0, 0);
 	flow.cgroup_id = storage && storage->cgroup_id ? storage->cgroup_id : bpf_get_current_cgroup_id();
-	flow.cookie = bpf_get_socket_cookie(ctx);
 	flow.tgid = bpf_get_current_pid_tgid() >> 32;
 	flow.uid = (__u32)bpf_get_current_uid_gid();
 
+	exec_ns = bpf_map_lookup_elem(&slicewall_execs, &flow.tgid);
+	flow.exec_ns = exec_ns ? *exec_ns : 0;
 	task = bpf_map_lookup_elem(&slicewall_tasks, &flow.tgid);
-	if (!task)
+	if (!task || task->exec_ns != flow.exec_ns) {
+		flow.cookie = bpf_get_socket_cookie(ctx);
 		return pend(ctx->sk, &flow, is_connect);
+	}
 	flow.exe_id = task->exe_id;
 	cfg = config();
 	if (!cfg)
@@ -381,6 +398,8 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	cached = cached_verdict(storage, cfg, &flow);
 	if (cached)
 		return cached == SLICEWALL_VERDICT_ALLOW ? SK_PASS : SK_DROP;
+	/* Past the cache: the cookie keys held flows and events. */
+	flow.cookie = bpf_get_socket_cookie(ctx);
 
 	subject.cgroup_id = flow.cgroup_id;
 	subject.exe_id = flow.exe_id;
@@ -445,8 +464,13 @@ int slicewall_sock_create(struct bpf_sock *sk)
 SEC("cgroup/sock_release")
 int slicewall_sock_release(struct bpf_sock *sk)
 {
-	__u64 cookie = bpf_get_socket_cookie(sk);
+	struct slicewall_sock *storage;
+	__u64 cookie;
 
+	storage = bpf_sk_storage_get(&slicewall_socks, sk, 0, 0);
+	if (!storage || !(storage->flags & SLICEWALL_SOCK_HELD))
+		return SK_PASS;
+	cookie = bpf_get_socket_cookie(sk);
 	bpf_map_delete_elem(&slicewall_held, &cookie);
 	return SK_PASS;
 }
@@ -504,13 +528,17 @@ int slicewall_egress(struct __sk_buff *skb)
 SEC("sockops")
 int slicewall_sockops(struct bpf_sock_ops *ops)
 {
+	struct slicewall_sock *storage;
 	struct slicewall_config *cfg;
-	__u64 cookie;
+	struct bpf_sock *sk;
 
 	if (ops->op != BPF_SOCK_OPS_TIMEOUT_INIT)
 		return 1;
-	cookie = bpf_get_socket_cookie(ops);
-	if (!bpf_map_lookup_elem(&slicewall_held, &cookie))
+	sk = ops->sk;
+	if (!sk)
+		return 1;
+	storage = bpf_sk_storage_get(&slicewall_socks, sk, 0, 0);
+	if (!storage || !(storage->flags & SLICEWALL_SOCK_HELD))
 		return 1;
 	cfg = config();
 	if (cfg && cfg->hold_rto_jiffies)
@@ -531,6 +559,8 @@ int slicewall_exec(struct bpf_raw_tracepoint_args *ctx)
 	flow.tgid = bpf_get_current_pid_tgid() >> 32;
 	flow.cgroup_id = bpf_get_current_cgroup_id();
 	flow.uid = (__u32)bpf_get_current_uid_gid();
+	flow.exec_ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(&slicewall_execs, &flow.tgid, &flow.exec_ns, BPF_ANY);
 	bpf_map_delete_elem(&slicewall_tasks, &flow.tgid);
 	send_event(SLICEWALL_EVENT_EXEC, &flow, 0);
 	return 0;
@@ -546,6 +576,7 @@ int slicewall_exit(struct bpf_raw_tracepoint_args *ctx)
 	if ((__u32)pid_tgid != tgid)
 		return 0;
 	bpf_map_delete_elem(&slicewall_tasks, &tgid);
+	bpf_map_delete_elem(&slicewall_execs, &tgid);
 	return 0;
 }
 

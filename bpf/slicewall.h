@@ -63,6 +63,7 @@ struct slicewall_config {
 struct slicewall_task {
 	__u32 exe_id;
 	__u32 padding;
+	__u64 exec_ns; /* the exec (see slicewall_execs) this executable was read for */
 };
 
 struct slicewall_subject_key {
@@ -121,6 +122,7 @@ struct slicewall_event {
 	__u32 kind;
 	__u32 tgid;
 	__u64 cookie;
+	__u64 exec_ns; /* the process's last exec, see slicewall_execs */
 	__u64 cgroup_id;
 	__u32 uid;
 	__u32 exe_id;

@@ -12,6 +12,8 @@
 //! `--via thread` makes each flow from a new thread, `--via fork` from a forked child that does
 //! not exec; the child's line says `ok pid N` with its PID.
 //!
+//! `--exec-after-ms N PROGRAM [ARGS...]` sleeps N milliseconds, then replaces itself with PROGRAM.
+//!
 //! For benchmarks, `loop-tcp` (connect and close) and `loop-udp` (one sendto) with
 //! `--repeat N` make N flows as fast as they can and print `N flows in S seconds`.
 
@@ -22,6 +24,16 @@ use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, delay, program, rest @ ..] = args.as_slice() {
+        if flag == "--exec-after-ms" {
+            std::thread::sleep(Duration::from_millis(delay.parse().unwrap_or(0)));
+            let mut command = std::process::Command::new(program);
+            command.args(rest);
+            let error = std::os::unix::process::CommandExt::exec(&mut command);
+            eprintln!("probe: failed to exec {program}: {error}");
+            return ExitCode::from(2);
+        }
+    }
     let mut repeat = 1u32;
     let mut wait_ms = 0u64;
     let mut via = String::from("process");

@@ -632,26 +632,33 @@ fn forked_children_threads_and_exec_are_attributed() {
         vec!["ok"]
     );
 
-    // A shell that replaces itself with the client right before the flow: the flow belongs to
-    // the client, never to the shell.
+    // A shell that replaces itself with the client right before the flow, directly or through
+    // env(1), which execs again within a millisecond: the flow belongs to the client, never to
+    // the shell or to env.
     let shell = std::path::Path::new("/bin/sh");
-    for _ in 0..5 {
-        let command = format!("exec {} tcp {target}", denied.display());
+    const EXEC_ROUNDS: usize = 10;
+    for round in 0..EXEC_ROUNDS {
+        let via = if round % 2 == 0 {
+            "exec"
+        } else {
+            "exec /usr/bin/env"
+        };
+        let command = format!("{via} {} tcp {target}", denied.display());
         let lines = lab.probe_with(shell, &app, &["-c", &command]);
         assert!(
             is_denied(&lines[0]),
-            "denied executable right after exec: {lines:?}"
+            "denied executable after `{via}`: {lines:?}"
         );
-        let command = format!("exec {} tcp {target}", allowed.display());
+        let command = format!("{via} {} tcp {target}", allowed.display());
         assert_eq!(
             lab.probe_with(shell, &app, &["-c", &command]),
             vec!["ok"],
-            "allowed executable right after exec"
+            "allowed executable after `{via}`"
         );
     }
     assert_eq!(
-        lab.network.veth4.received.load(Ordering::SeqCst),
-        1 + 1 + 5,
+        lab.network.veth4.received.load(Ordering::SeqCst) as usize,
+        1 + 1 + EXEC_ROUNDS,
         "only the allowed flows reached the server"
     );
 
@@ -676,10 +683,10 @@ fn forked_children_threads_and_exec_are_attributed() {
         .iter()
         .filter(|record| record.get("SLICEWALL_PORT") == Some(&port))
     {
-        assert_ne!(
-            record.get("SLICEWALL_COMM").map(String::as_str),
-            Some("sh"),
-            "a flow attributed to the shell: {record:?}"
+        let exe = record.get("SLICEWALL_EXE").cloned().unwrap_or_default();
+        assert!(
+            exe == denied_path || exe == allowed.display().to_string(),
+            "a flow attributed to another program: {record:?}"
         );
         let verdict = &record["SLICEWALL_VERDICT"];
         let exe = &record["SLICEWALL_EXE"];
@@ -723,5 +730,68 @@ fn ask_rule_applies_the_configured_fallback() {
     assert_eq!(
         lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]),
         vec!["ok"]
+    );
+}
+
+/// A program the daemon is still hashing when it replaces itself must not lend its identity to
+/// the program that follows. The daemon reads the first program's executable, the second exec
+/// happens while it hashes, and only then does the daemon record what it read.
+#[test]
+fn exec_chain_never_uses_stale_identity() {
+    require_lab!();
+    let bins = tempfile::tempdir().unwrap();
+    // Padding makes each program take tens of milliseconds to hash, so the timeline below holds
+    // with wide margins: the first program execs the second after 2 ms, the daemon records the
+    // first at about 40 ms, and the second connects at about 50 ms, while the daemon still hashes
+    // the second program.
+    let padding = vec![0u8; 64 << 20];
+    let mut allowed_content = fs::read(probe()).unwrap();
+    allowed_content.extend_from_slice(&padding);
+    let mut denied_content = allowed_content.clone();
+    denied_content.extend_from_slice(b"denied copy");
+    let denied_hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&denied_content))
+    };
+    let mut lab = Lab::new(&format!(
+        "[[rule]]\naction = \"deny\"\nsha256 = \"{denied_hash}\"\n"
+    ));
+    lab.start(&[]);
+    let app = lab.cgroup.child("app.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+
+    for round in 0..3 {
+        // Fresh files every round, so the daemon hashes both programs instead of finding them
+        // in its cache.
+        let first = bins.path().join(format!("first{round}"));
+        let second = bins.path().join(format!("second{round}"));
+        for (path, content) in [(&first, &allowed_content), (&second, &denied_content)] {
+            fs::write(path, content).unwrap();
+            fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        let second = second.display().to_string();
+        let lines = lab.probe_with(
+            &first,
+            &app,
+            &[
+                "--exec-after-ms",
+                "2",
+                &second,
+                "--wait-ms",
+                "50",
+                "tcp",
+                &target,
+            ],
+        );
+        assert_eq!(lines.len(), 1, "round {round}: {lines:?}");
+        assert!(
+            lines[0].starts_with(DENIED),
+            "round {round}: the second program's flow: {lines:?}"
+        );
+    }
+    assert_eq!(
+        lab.network.veth4.received.load(Ordering::SeqCst),
+        0,
+        "a denied flow got through"
     );
 }

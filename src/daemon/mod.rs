@@ -121,6 +121,8 @@ struct Daemon {
     exe_by_id: HashMap<u32, Arc<ExeIdentity>>,
     audit: Audit,
     destroys: Vec<PendingDestroy>,
+    /// Verdict of the configured fail mode, for flows nobody can attribute.
+    fail_verdict: u8,
     events_lost: u64,
     degraded: Vec<String>,
 }
@@ -201,6 +203,7 @@ impl Daemon {
             exe_by_id: HashMap::new(),
             audit,
             destroys: Vec::new(),
+            fail_verdict,
             events_lost: 0,
             degraded,
         };
@@ -298,7 +301,7 @@ impl Daemon {
     fn handle_event(&mut self, event: &Event) {
         match event.kind {
             abi::EVENT_EXEC => {
-                let _ = self.identify(event.tgid, event.cgroup_id, event.uid);
+                let _ = self.identify(event.tgid, event.exec_ns, event.cgroup_id, event.uid);
             }
             abi::EVENT_DECISION => {
                 self.audit_event(event, event.verdict, event.reason, event.rule_id)
@@ -310,9 +313,14 @@ impl Daemon {
 
     /// Identifies a process: hashes its executable, records it in the gate, and makes sure the
     /// identity (cgroup, executable, uid) has its policy entry.
+    ///
+    /// `exec_ns` is the process's last exec as the gate saw it when it sent the event. Returns
+    /// `None` when the process is gone, or when it has called execve() again since, because the
+    /// executable read here may then belong to another program than the event's.
     fn identify(
         &mut self,
         tgid: u32,
+        exec_ns: u64,
         cgroup_id: u64,
         uid: u32,
     ) -> Option<(SubjectKey, SubjectInfo)> {
@@ -327,11 +335,22 @@ impl Daemon {
                 return None;
             }
         };
+        // The executable was read after the exec of `exec_ns`. If no exec came between that one
+        // and now, it is that exec's program; otherwise the newer exec's event identifies it.
+        if self.gate.exec_ns(tgid) != exec_ns {
+            tracing::debug!(
+                tgid,
+                "process called execve() again before it was identified"
+            );
+            return None;
+        }
         let exe_id = self.exe_id(&exe);
-        // TODO: a process that calls execve() again between the gate's event and this write is
-        // recorded with the previous image. Closing that gap needs the exec time of the task,
-        // and the gate cannot read it without kernel BTF.
-        if let Err(error) = self.gate.tasks.insert(tgid, Task { exe_id, padding: 0 }, 0) {
+        let task = Task {
+            exe_id,
+            padding: 0,
+            exec_ns,
+        };
+        if let Err(error) = self.gate.tasks.insert(tgid, task, 0) {
             tracing::warn!(
                 "failed to record pid {tgid} in the gate: {error}, its flows go through the daemon"
             );
@@ -385,15 +404,31 @@ impl Daemon {
 
     /// Decides a flow the gate handed over: a held connect or a rejected datagram.
     fn decide_pending(&mut self, event: &Event) {
-        let Some((_, info)) = self.identify(event.tgid, event.cgroup_id, event.uid) else {
-            // The process is gone. A held socket of it is gone too, or will be decided by the
-            // fail mode if it lingers; a rejected datagram needs nothing more.
-            self.audit_event(event, abi::VERDICT_DENY, abi::REASON_PENDING, 0);
-            return;
-        };
         let held = self.gate.held.get(&event.cookie, 0).ok();
         let is_held = held
             .is_some_and(|held| held.state == abi::HELD_WAITING && held.flow.tgid == event.tgid);
+        let Some((_, info)) = self.identify(event.tgid, event.exec_ns, event.cgroup_id, event.uid)
+        else {
+            // The process is gone, or it replaced its program, so nobody can say which executable
+            // made the flow: a held socket gets the fail mode's verdict.
+            let verdict = if is_held {
+                let verdict = Verdict {
+                    verdict: self.fail_verdict,
+                    reason: abi::REASON_FAIL_MODE,
+                    rule_id: 0,
+                };
+                self.release_held(event, verdict);
+                verdict
+            } else {
+                Verdict {
+                    verdict: abi::VERDICT_DENY,
+                    reason: abi::REASON_PENDING,
+                    rule_id: 0,
+                }
+            };
+            self.audit_event(event, verdict.verdict, verdict.reason, 0);
+            return;
+        };
         if !is_held {
             // A datagram the gate rejected while the identity was unknown; the next one is
             // decided in the gate.

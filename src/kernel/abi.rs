@@ -51,6 +51,8 @@ pub struct Config {
 pub struct Task {
     pub exe_id: u32,
     pub padding: u32,
+    /// The exec this executable was read for; see `slicewall_execs`.
+    pub exec_ns: u64,
 }
 
 #[repr(C)]
@@ -109,6 +111,8 @@ pub struct Event {
     pub kind: u32,
     pub tgid: u32,
     pub cookie: u64,
+    /// The process's last exec (bpf_ktime_get_ns), 0 if none was seen.
+    pub exec_ns: u64,
     pub cgroup_id: u64,
     pub uid: u32,
     pub exe_id: u32,
@@ -154,8 +158,9 @@ const _: () = assert!(std::mem::size_of::<SubjectKey>() == 16);
 const _: () = assert!(std::mem::size_of::<aya::maps::lpm_trie::Key<PrefixData>>() == 28);
 const _: () = assert!(std::mem::size_of::<Candidate>() == 24);
 const _: () = assert!(std::mem::size_of::<List>() == 8 + 24 * LIST_MAX);
-const _: () = assert!(std::mem::size_of::<Event>() == 80);
-const _: () = assert!(std::mem::size_of::<Held>() == 112);
+const _: () = assert!(std::mem::size_of::<Event>() == 88);
+const _: () = assert!(std::mem::size_of::<Task>() == 16);
+const _: () = assert!(std::mem::size_of::<Held>() == 120);
 
 impl Event {
     /// Reads an event from a ring buffer record; `None` if the record is too short.

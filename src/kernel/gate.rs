@@ -120,6 +120,7 @@ const PROGRAMS: &[(&str, Hook)] = &[
 pub struct Gate {
     pub config: Array<MapData, Config>,
     pub tasks: HashMap<MapData, u32, Task>,
+    pub execs: HashMap<MapData, u32, u64>,
     pub subjects: HashMap<MapData, SubjectKey, u32>,
     pub prefixes: LpmTrie<MapData, PrefixData, u32>,
     pub lists: HashMap<MapData, u32, List>,
@@ -157,6 +158,7 @@ impl Gate {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries("slicewall_tasks", sizes.tasks)
+            .map_max_entries("slicewall_execs", sizes.tasks)
             .map_max_entries("slicewall_subjects", sizes.subjects)
             .map_max_entries("slicewall_prefixes", sizes.prefixes)
             .map_max_entries("slicewall_lists", sizes.lists)
@@ -177,6 +179,7 @@ impl Gate {
         Ok(Gate {
             config: take_map(&mut ebpf, "slicewall_config")?,
             tasks: take_map(&mut ebpf, "slicewall_tasks")?,
+            execs: take_map(&mut ebpf, "slicewall_execs")?,
             subjects: take_map(&mut ebpf, "slicewall_subjects")?,
             prefixes: take_map(&mut ebpf, "slicewall_prefixes")?,
             lists: take_map(&mut ebpf, "slicewall_lists")?,
@@ -258,6 +261,11 @@ impl Gate {
         for id in stale_lists {
             let _ = self.lists.remove(&id);
         }
+    }
+
+    /// Returns when the process last called execve() as the gate recorded it, 0 if never.
+    pub fn exec_ns(&self, tgid: u32) -> u64 {
+        self.execs.get(&tgid, 0).unwrap_or(0)
     }
 
     /// Removes every process and identity entry, so each flow is identified afresh.

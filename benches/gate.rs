@@ -34,19 +34,6 @@ fn main() {
     );
 
     let mut lab = Lab::new(&ten_rules());
-    // Reuse ports in TIME_WAIT, so thousands of loopback connections a round do not exhaust the
-    // namespace's local ports and slow the later rounds down.
-    common::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &lab.network.client.name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_tw_reuse=1",
-        ],
-    );
     let unguarded = Cgroup::new_top("nofw");
     let guarded = lab.cgroup.child("bench.service");
     let (tcp_port, udp_port) = start_sinks(&lab);

@@ -51,6 +51,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } slicewall_execs SEC(".maps");
 
+/* Counts the execs in the guarded subtree. A verdict a socket cached stays valid only while this
+ * does not change, because an exec may have replaced the program that owns the socket. Kept out
+ * of slicewall_config, which the daemon rewrites whole. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_exec_epoch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct slicewall_unit_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slicewall_units SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
@@ -124,6 +143,7 @@ struct decision {
 	__u32 rule_id;
 	__u8 verdict;
 	__u8 reason;
+	__u8 flags; /* of the winning candidate */
 };
 
 static __always_inline void count(__u32 stat)
@@ -239,6 +259,7 @@ static __always_inline int evaluate_policy(__u32 policy, const struct flow *flow
 			best->rank = candidate->rank;
 			best->rule_id = candidate->rule_id;
 			best->verdict = candidate->verdict;
+			best->flags = candidate->flags;
 			best->reason = candidate->flags & SLICEWALL_CANDIDATE_ASK ? SLICEWALL_REASON_ASK_FALLBACK
 										   : SLICEWALL_REASON_RULE;
 		}
@@ -267,10 +288,10 @@ static __always_inline int same_destination(const struct slicewall_sock *storage
 
 /* Returns the socket's last verdict if it still holds for this flow, else 0. */
 static __always_inline __u8 cached_verdict(const struct slicewall_sock *storage, const struct slicewall_config *cfg,
-					   const struct flow *flow)
+					   __u64 exec_epoch, const struct flow *flow)
 {
-	if (!storage || storage->last_generation != cfg->generation || storage->last_tgid != flow->tgid ||
-	    storage->last_exe_id != flow->exe_id || storage->last_uid != flow->uid || !same_destination(storage, flow))
+	if (!storage || storage->last_generation != cfg->generation || storage->last_exec_epoch != exec_epoch ||
+	    storage->last_tgid != flow->tgid || storage->last_uid != flow->uid || !same_destination(storage, flow))
 		return 0;
 	return storage->last_verdict;
 }
@@ -278,7 +299,7 @@ static __always_inline __u8 cached_verdict(const struct slicewall_sock *storage,
 /* Remembers a decision on the socket. Returns 1 when it repeats the last audited one (same
  * destination, verdict and rule), which needs no new audit record. */
 static __always_inline int remember_decision(struct slicewall_sock *storage, const struct slicewall_config *cfg,
-					     const struct flow *flow, const struct decision *decision)
+					     __u64 exec_epoch, const struct flow *flow, const struct decision *decision)
 {
 	int repeat;
 
@@ -287,8 +308,8 @@ static __always_inline int remember_decision(struct slicewall_sock *storage, con
 	repeat = same_destination(storage, flow) && storage->last_verdict == decision->verdict &&
 		 storage->last_rule_id == decision->rule_id;
 	storage->last_generation = cfg->generation;
+	storage->last_exec_epoch = exec_epoch;
 	storage->last_tgid = flow->tgid;
-	storage->last_exe_id = flow->exe_id;
 	storage->last_uid = flow->uid;
 	storage->last_port = flow->port;
 	storage->last_protocol = flow->protocol;
@@ -296,6 +317,14 @@ static __always_inline int remember_decision(struct slicewall_sock *storage, con
 	storage->last_rule_id = decision->rule_id;
 	__builtin_memcpy(storage->last_address, flow->address, sizeof(flow->address));
 	return repeat;
+}
+
+static __always_inline __u64 exec_epoch(void)
+{
+	__u32 zero = 0;
+	__u64 *epoch = bpf_map_lookup_elem(&slicewall_exec_epoch, &zero);
+
+	return epoch ? *epoch : 0;
 }
 
 /* Hands a flow the gate cannot decide to the daemon. A connect is held: the syscall goes on,
@@ -343,11 +372,13 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 {
 	struct decision best = {};
 	struct slicewall_subject_key subject = {};
+	struct slicewall_unit_key unit = {};
 	struct slicewall_config *cfg;
 	struct slicewall_sock *storage;
 	struct slicewall_task *task;
 	struct flow flow = {};
 	__u64 *exec_ns;
+	__u64 epoch;
 	__u32 *policy;
 	__u8 cached;
 	int result;
@@ -384,32 +415,40 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	flow.tgid = bpf_get_current_pid_tgid() >> 32;
 	flow.uid = (__u32)bpf_get_current_uid_gid();
 
-	exec_ns = bpf_map_lookup_elem(&slicewall_execs, &flow.tgid);
-	flow.exec_ns = exec_ns ? *exec_ns : 0;
-	task = bpf_map_lookup_elem(&slicewall_tasks, &flow.tgid);
-	if (!task || task->exec_ns != flow.exec_ns) {
-		flow.cookie = bpf_get_socket_cookie(ctx);
-		return pend(ctx->sk, &flow, is_connect);
-	}
-	flow.exe_id = task->exe_id;
 	cfg = config();
 	if (!cfg)
 		return SK_DROP;
-	cached = cached_verdict(storage, cfg, &flow);
+	epoch = exec_epoch();
+	cached = cached_verdict(storage, cfg, epoch, &flow);
 	if (cached)
 		return cached == SLICEWALL_VERDICT_ALLOW ? SK_PASS : SK_DROP;
+
 	/* Past the cache: the cookie keys held flows and events. */
 	flow.cookie = bpf_get_socket_cookie(ctx);
-
-	subject.cgroup_id = flow.cgroup_id;
-	subject.exe_id = flow.exe_id;
-	subject.uid = flow.uid;
-	policy = bpf_map_lookup_elem(&slicewall_subjects, &subject);
+	exec_ns = bpf_map_lookup_elem(&slicewall_execs, &flow.tgid);
+	flow.exec_ns = exec_ns ? *exec_ns : 0;
+	task = bpf_map_lookup_elem(&slicewall_tasks, &flow.tgid);
+	if (task && task->exec_ns == flow.exec_ns) {
+		flow.exe_id = task->exe_id;
+		subject.cgroup_id = flow.cgroup_id;
+		subject.exe_id = flow.exe_id;
+		subject.uid = flow.uid;
+		policy = bpf_map_lookup_elem(&slicewall_subjects, &subject);
+	} else {
+		/* The executable is not known yet (a new program, or one the daemon is still hashing):
+		 * the cgroup's policy still decides every flow that no rule naming an executable could
+		 * decide differently. */
+		unit.cgroup_id = flow.cgroup_id;
+		unit.uid = flow.uid;
+		policy = bpf_map_lookup_elem(&slicewall_units, &unit);
+	}
 	if (!policy)
 		return pend(ctx->sk, &flow, is_connect);
 
 	result = evaluate_policy(*policy, &flow, &best);
 	if (result < 0 || evaluate_policy(cfg->global_policy, &flow, &best) < 0)
+		return pend(ctx->sk, &flow, is_connect);
+	if (best.rule_id && (best.flags & SLICEWALL_CANDIDATE_NEEDS_EXE))
 		return pend(ctx->sk, &flow, is_connect);
 
 	if (!best.rule_id) {
@@ -417,7 +456,7 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 		best.reason = SLICEWALL_REASON_NO_RULE;
 	}
 	count(SLICEWALL_STAT_DECISIONS);
-	if (!remember_decision(storage, cfg, &flow, &best))
+	if (!remember_decision(storage, cfg, epoch, &flow, &best))
 		send_event(SLICEWALL_EVENT_DECISION, &flow, &best);
 	return best.verdict == SLICEWALL_VERDICT_ALLOW ? SK_PASS : SK_DROP;
 }
@@ -553,6 +592,8 @@ int slicewall_exec(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct slicewall_config *cfg = config();
 	struct flow flow = {};
+	__u32 zero = 0;
+	__u64 *epoch;
 
 	if (!cfg || bpf_get_current_ancestor_cgroup_id(cfg->guard_level) != cfg->guard_cgroup_id)
 		return 0;
@@ -561,6 +602,9 @@ int slicewall_exec(struct bpf_raw_tracepoint_args *ctx)
 	flow.uid = (__u32)bpf_get_current_uid_gid();
 	flow.exec_ns = bpf_ktime_get_ns();
 	bpf_map_update_elem(&slicewall_execs, &flow.tgid, &flow.exec_ns, BPF_ANY);
+	epoch = bpf_map_lookup_elem(&slicewall_exec_epoch, &zero);
+	if (epoch)
+		__sync_fetch_and_add(epoch, 1);
 	bpf_map_delete_elem(&slicewall_tasks, &flow.tgid);
 	send_event(SLICEWALL_EVENT_EXEC, &flow, 0);
 	return 0;

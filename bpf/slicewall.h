@@ -27,6 +27,7 @@
 
 /* Candidate flags. */
 #define SLICEWALL_CANDIDATE_ASK 1 /* an "ask" rule; the verdict is the configured fallback */
+#define SLICEWALL_CANDIDATE_NEEDS_EXE 2 /* names an executable the gate does not know yet */
 
 /* Socket flags kept in socket storage. */
 #define SLICEWALL_SOCK_HELD 1
@@ -64,6 +65,14 @@ struct slicewall_task {
 	__u32 exe_id;
 	__u32 padding;
 	__u64 exec_ns; /* the exec (see slicewall_execs) this executable was read for */
+};
+
+/* Key of slicewall_units: the policy of the processes of a cgroup and user whose executable the
+ * gate does not know yet, with SLICEWALL_CANDIDATE_NEEDS_EXE on the rules that name one. */
+struct slicewall_unit_key {
+	__u64 cgroup_id;
+	__u32 uid;
+	__u32 padding;
 };
 
 struct slicewall_subject_key {
@@ -106,11 +115,11 @@ struct slicewall_sock {
 	__u32 flags;
 	/* The socket's last decision. A socket that sends datagram after datagram to one
 	 * destination makes one flow: later datagrams reuse the verdict while the rules, the
-	 * process and its executable stay the same, and the flow is audited once. */
+	 * process and every executable stay the same, and the flow is audited once. */
 	__u32 last_rule_id;
+	__u64 last_exec_epoch;
 	__u32 last_generation;
 	__u32 last_tgid;
-	__u32 last_exe_id;
 	__u32 last_uid;
 	__u8 last_address[16];
 	__u16 last_port;

@@ -26,6 +26,10 @@ use crate::rules::{rank, Action, Protocol, Rule};
 pub struct NumberedRule<'a> {
     pub id: u32,
     pub rule: &'a Rule,
+    /// The rule names an executable (`exe` or `sha256`) in a policy compiled for processes whose
+    /// executable the gate does not know yet: it may or may not apply, so it is marked
+    /// [`abi::CANDIDATE_NEEDS_EXE`] and a flow it would decide goes to the daemon.
+    pub needs_exe: bool,
 }
 
 /// An address prefix as the gate's LPM trie keys it: a family, then the address bits. IPv4 and
@@ -173,11 +177,14 @@ fn candidates_of<'a>(
     ask_verdict: u8,
 ) -> impl Iterator<Item = Candidate> + 'a {
     let rule = numbered.rule;
-    let (verdict, flags) = match rule.action {
+    let (verdict, mut flags) = match rule.action {
         Action::Allow => (abi::VERDICT_ALLOW, 0),
         Action::Deny => (abi::VERDICT_DENY, 0),
         Action::Ask => (ask_verdict, abi::CANDIDATE_ASK),
     };
+    if numbered.needs_exe {
+        flags |= abi::CANDIDATE_NEEDS_EXE;
+    }
     let protocol = match rule.destination.protocol {
         Protocol::Any => 0,
         Protocol::Tcp => libc::IPPROTO_TCP as u8,
@@ -241,8 +248,10 @@ fn build_list(mut candidates: Vec<Candidate>) -> CandidateList {
     });
     let mut kept: Vec<Candidate> = Vec::new();
     for candidate in candidates {
+        // A candidate that needs the executable may not apply, so it shadows nothing.
         let shadowed = kept.iter().any(|earlier| {
-            (earlier.protocol == 0 || earlier.protocol == candidate.protocol)
+            earlier.flags & abi::CANDIDATE_NEEDS_EXE == 0
+                && (earlier.protocol == 0 || earlier.protocol == candidate.protocol)
                 && earlier.port_first <= candidate.port_first
                 && earlier.port_last >= candidate.port_last
         });

@@ -99,8 +99,10 @@ fn address_rule_allows_and_denies_every_flow_kind() {
 #[test]
 fn flow_right_after_exec_is_held_then_decided() {
     require_lab!();
+    // The rule names the executable, so the gate cannot decide the flow before it knows it.
     let mut lab = Lab::new(&format!(
-        "[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}\"\nprotocol = \"tcp\"\n"
+        "[[rule]]\naction = \"deny\"\nexe = \"{}\"\naddress = \"{SERVER_V4}\"\nprotocol = \"tcp\"\n",
+        probe().canonicalize().unwrap().display()
     ));
     lab.start(&[]);
     let app = lab.cgroup.child("probe.service");
@@ -108,7 +110,9 @@ fn flow_right_after_exec_is_held_then_decided() {
     let allowed = format!("[{SERVER_V6}]:{}", lab.network.veth6.port);
 
     // No settling time: the first flow may reach the gate before the daemon has hashed the new
-    // executable. It is then held and decided by the daemon, never let through.
+    // executable. It is then held and decided by the daemon, never let through. The allowed
+    // flow goes elsewhere, where no rule naming an executable applies, so the gate decides it
+    // from the cgroup's policy at once.
     for _ in 0..10 {
         let lines = lab.probe(&app, &["tcp", &denied]);
         assert_eq!(lines.len(), 1);

@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::audit::{self, Audit, AuditOptions, Decision};
 use crate::cgroup::{self, CgroupIndex};
 use crate::exe::{ExeCache, ExeError, ExeIdentity};
-use crate::kernel::abi::{self, Event, SubjectKey, Task};
+use crate::kernel::abi::{self, Event, SubjectKey, Task, UnitKey};
 use crate::kernel::destroy::{self, DestroyError, HeldSocket};
 use crate::kernel::gate::{self, Gate, GateOptions, MapSizes};
 use crate::rules::{self, Flow, Protocol};
@@ -30,6 +30,11 @@ const EXE_CACHE_ENTRIES: usize = 4096;
 /// Age after which a held flow with no decision is decided from the held map, in case its event
 /// was lost.
 const HELD_EVENT_GRACE: Duration = Duration::from_secs(1);
+/// Processes whose executable is remembered for audit records.
+const RECENT_PROCESSES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(16_384) {
+    Some(count) => count,
+    None => unreachable!(),
+};
 /// Attempts to destroy a denied held socket whose SYN the gate has not yet seen.
 const DESTROY_ATTEMPTS: u32 = 50;
 
@@ -119,6 +124,9 @@ struct Daemon {
     exes: ExeCache,
     exe_ids: HashMap<(PathBuf, String), u32>,
     exe_by_id: HashMap<u32, Arc<ExeIdentity>>,
+    /// Executables identified lately, by process and exec, for audit records of flows the gate
+    /// decided before it knew the executable.
+    recent: lru::LruCache<(u32, u64), u32>,
     audit: Audit,
     destroys: Vec<PendingDestroy>,
     /// Verdict of the configured fail mode, for flows nobody can attribute.
@@ -201,6 +209,7 @@ impl Daemon {
             exes: ExeCache::new(EXE_CACHE_ENTRIES),
             exe_ids: HashMap::new(),
             exe_by_id: HashMap::new(),
+            recent: lru::LruCache::new(RECENT_PROCESSES),
             audit,
             destroys: Vec::new(),
             fail_verdict,
@@ -301,6 +310,7 @@ impl Daemon {
     fn handle_event(&mut self, event: &Event) {
         match event.kind {
             abi::EVENT_EXEC => {
+                self.add_unit(event.cgroup_id, event.uid);
                 let _ = self.identify(event.tgid, event.exec_ns, event.cgroup_id, event.uid);
             }
             abi::EVENT_DECISION => {
@@ -345,6 +355,7 @@ impl Daemon {
             return None;
         }
         let exe_id = self.exe_id(&exe);
+        self.recent.put((tgid, exec_ns), exe_id);
         let task = Task {
             exe_id,
             padding: 0,
@@ -379,6 +390,20 @@ impl Daemon {
         }
     }
 
+    /// Gives the gate the policy for a cgroup and user, used while a new program of theirs is
+    /// still being identified.
+    fn add_unit(&mut self, cgroup_id: u64, uid: u32) {
+        let key = UnitKey {
+            cgroup_id,
+            uid,
+            padding: 0,
+        };
+        let unit = self.unit_of(cgroup_id);
+        if let Err(error) = self.tables.add_unit(&mut self.gate, key, unit) {
+            tracing::warn!("failed to record cgroup {cgroup_id} in the gate: {error}, its new programs' flows go through the daemon");
+        }
+    }
+
     fn exe_id(&mut self, exe: &Arc<ExeIdentity>) -> u32 {
         let key = (exe.path.clone(), exe.sha256.to_string());
         if let Some(&id) = self.exe_ids.get(&key) {
@@ -404,6 +429,7 @@ impl Daemon {
 
     /// Decides a flow the gate handed over: a held connect or a rejected datagram.
     fn decide_pending(&mut self, event: &Event) {
+        self.add_unit(event.cgroup_id, event.uid);
         let held = self.gate.held.get(&event.cookie, 0).ok();
         let is_held = held
             .is_some_and(|held| held.state == abi::HELD_WAITING && held.flow.tgid == event.tgid);
@@ -530,15 +556,30 @@ impl Daemon {
     }
 
     fn audit_event(&mut self, event: &Event, verdict: u8, reason: u8, rule_id: u32) {
+        // The gate decides some flows before the daemon has identified the program (by the
+        // policy of its cgroup), and reports no executable for them. The daemon identified it
+        // since, from the exec event that came first, or does so now.
+        let exe_id = match event.exe_id {
+            0 => self
+                .recent
+                .get(&(event.tgid, event.exec_ns))
+                .copied()
+                .or_else(|| {
+                    self.identify(event.tgid, event.exec_ns, event.cgroup_id, event.uid)
+                        .map(|(key, _)| key.exe_id)
+                })
+                .unwrap_or(0),
+            known => known,
+        };
         let key = SubjectKey {
             cgroup_id: event.cgroup_id,
-            exe_id: event.exe_id,
+            exe_id,
             uid: event.uid,
         };
         let info = match self.tables.subject(&key) {
             Some(info) => info.clone(),
             None => {
-                let exe = self.exe_by_id.get(&event.exe_id).cloned();
+                let exe = self.exe_by_id.get(&exe_id).cloned();
                 let unit = self.unit_of(event.cgroup_id);
                 let decision = self.decision(
                     event,

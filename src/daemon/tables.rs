@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::exe::ExeIdentity;
-use crate::kernel::abi::{self, SubjectKey};
+use crate::kernel::abi::{self, SubjectKey, UnitKey};
 use crate::kernel::gate::{Gate, GateError};
 use crate::policy::{self, CandidateList, NumberedRule};
-use crate::rules::{self, Action, Flow, Rule, Subject};
+use crate::rules::{self, Action, Flow, Rule, Selectors, Subject};
 use crate::unit::UnitInfo;
 
 /// Unit, executable, user and policy of one identity the gate reported.
@@ -47,6 +47,8 @@ struct Generation {
     ids: Vec<u32>,
     global_policy: u32,
     policies: HashMap<Vec<u32>, u32>,
+    /// Policies for processes whose executable is not known yet, by the rules they contain.
+    unit_policies: HashMap<Vec<u32>, u32>,
     lists: HashMap<CandidateList, u32>,
 }
 
@@ -59,6 +61,7 @@ pub struct Tables {
     origins: HashMap<u32, String>,
     previous_origins: HashMap<u32, String>,
     subjects: HashMap<SubjectKey, SubjectInfo>,
+    units: HashMap<UnitKey, Arc<UnitInfo>>,
 }
 
 impl Tables {
@@ -70,6 +73,7 @@ impl Tables {
             origins: HashMap::new(),
             previous_origins: HashMap::new(),
             subjects: HashMap::new(),
+            units: HashMap::new(),
         }
     }
 
@@ -121,6 +125,18 @@ impl Tables {
             }
         }
 
+        let units: Vec<(UnitKey, Arc<UnitInfo>)> =
+            self.units.iter().map(|(key, unit)| (*key, Arc::clone(unit))).collect();
+        for (key, unit) in units {
+            let policy = self.unit_policy_for(gate, &unit, key.uid)?;
+            gate.units
+                .insert(key, policy, 0)
+                .map_err(|source| GateError::MapUpdate {
+                    name: "slicewall_units",
+                    source,
+                })?;
+        }
+
         let mut config = gate.read_config()?;
         config.global_policy = global_policy;
         config.next_id = self.next_id;
@@ -133,6 +149,7 @@ impl Tables {
             .current
             .policies
             .values()
+            .chain(self.current.unit_policies.values())
             .copied()
             .chain(std::iter::once(global_policy))
             .collect();
@@ -164,6 +181,28 @@ impl Tables {
         Ok(policy)
     }
 
+    /// Points the gate's entry for a cgroup and user at the policy used while a process's
+    /// executable is not known yet. Does nothing for a pair already recorded.
+    pub fn add_unit(
+        &mut self,
+        gate: &mut Gate,
+        key: UnitKey,
+        unit: Arc<UnitInfo>,
+    ) -> Result<(), GateError> {
+        if self.units.contains_key(&key) {
+            return Ok(());
+        }
+        let policy = self.unit_policy_for(gate, &unit, key.uid)?;
+        gate.units
+            .insert(key, policy, 0)
+            .map_err(|source| GateError::MapUpdate {
+                name: "slicewall_units",
+                source,
+            })?;
+        self.units.insert(key, unit);
+        Ok(())
+    }
+
     pub fn subject(&self, key: &SubjectKey) -> Option<&SubjectInfo> {
         self.subjects.get(key)
     }
@@ -191,13 +230,70 @@ impl Tables {
         Ok(policy)
     }
 
+    /// Finds or compiles the policy for processes of `unit` and `uid` whose executable is not
+    /// known yet: the identity rules whose other selectors match, with those that name an
+    /// executable marked, so the gate leaves the flows they could decide to the daemon.
+    fn unit_policy_for(
+        &mut self,
+        gate: &mut Gate,
+        unit: &UnitInfo,
+        uid: u32,
+    ) -> Result<u32, GateError> {
+        let subject = Subject {
+            unit,
+            exe: None,
+            sha256: None,
+            uid,
+        };
+        let matching: Vec<usize> = (0..self.current.rules.len())
+            .filter(|&index| {
+                let selectors = &self.current.rules[index].selectors;
+                let without_exe = Selectors {
+                    exe: None,
+                    sha256: None,
+                    ..selectors.clone()
+                };
+                !selectors.is_empty() && without_exe.matches(&subject)
+            })
+            .collect();
+        if matching.is_empty() {
+            return Ok(abi::POLICY_NONE);
+        }
+        let ids: Vec<u32> = matching
+            .iter()
+            .map(|&index| self.current.ids[index])
+            .collect();
+        if let Some(&policy) = self.current.unit_policies.get(&ids) {
+            return Ok(policy);
+        }
+        let policy = self.write_policy_marked(gate, &matching, true)?;
+        self.current.unit_policies.insert(ids, policy);
+        Ok(policy)
+    }
+
     fn write_policy(&mut self, gate: &mut Gate, indexes: &[usize]) -> Result<u32, GateError> {
+        self.write_policy_marked(gate, indexes, false)
+    }
+
+    /// Compiles and writes a policy. With `mark_exe_rules`, rules that name an executable are
+    /// marked as needing it.
+    fn write_policy_marked(
+        &mut self,
+        gate: &mut Gate,
+        indexes: &[usize],
+        mark_exe_rules: bool,
+    ) -> Result<u32, GateError> {
         let policy_id = self.allocate();
         let numbered: Vec<NumberedRule<'_>> = indexes
             .iter()
-            .map(|&index| NumberedRule {
-                id: self.current.ids[index],
-                rule: &self.current.rules[index],
+            .map(|&index| {
+                let rule = &self.current.rules[index];
+                NumberedRule {
+                    id: self.current.ids[index],
+                    rule,
+                    needs_exe: mark_exe_rules
+                        && (rule.selectors.exe.is_some() || rule.selectors.sha256.is_some()),
+                }
             })
             .collect();
         let compiled = policy::compile(&numbered, self.ask_verdict);

@@ -16,6 +16,7 @@ pub const EVENT_DECISION: u32 = 2;
 pub const EVENT_PENDING: u32 = 3;
 
 pub const CANDIDATE_ASK: u8 = 1;
+pub const CANDIDATE_NEEDS_EXE: u8 = 2;
 
 pub const HELD_WAITING: u32 = 1;
 pub const HELD_DENIED: u32 = 2;
@@ -53,6 +54,16 @@ pub struct Task {
     pub padding: u32,
     /// The exec this executable was read for; see `slicewall_execs`.
     pub exec_ns: u64,
+}
+
+/// Key of `slicewall_units`: the policy for processes of a cgroup and user whose executable the
+/// gate does not know yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnitKey {
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub padding: u32,
 }
 
 #[repr(C)]
@@ -146,6 +157,8 @@ unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for Task {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SubjectKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for UnitKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PrefixData {}
 // SAFETY: as above.

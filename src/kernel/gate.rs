@@ -20,7 +20,7 @@ use aya::programs::{
 };
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
-use super::abi::{self, Config, Held, List, PrefixData, SubjectKey, Task};
+use super::abi::{self, Config, Held, List, PrefixData, SubjectKey, Task, UnitKey};
 
 /// The compiled gate, embedded at build time by build.rs.
 static GATE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gate.bpf.o"));
@@ -122,6 +122,7 @@ pub struct Gate {
     pub tasks: HashMap<MapData, u32, Task>,
     pub execs: HashMap<MapData, u32, u64>,
     pub subjects: HashMap<MapData, SubjectKey, u32>,
+    pub units: HashMap<MapData, UnitKey, u32>,
     pub prefixes: LpmTrie<MapData, PrefixData, u32>,
     pub lists: HashMap<MapData, u32, List>,
     pub held: HashMap<MapData, u64, Held>,
@@ -160,6 +161,7 @@ impl Gate {
             .map_max_entries("slicewall_tasks", sizes.tasks)
             .map_max_entries("slicewall_execs", sizes.tasks)
             .map_max_entries("slicewall_subjects", sizes.subjects)
+            .map_max_entries("slicewall_units", sizes.subjects)
             .map_max_entries("slicewall_prefixes", sizes.prefixes)
             .map_max_entries("slicewall_lists", sizes.lists)
             .map_max_entries("slicewall_held", sizes.held)
@@ -181,6 +183,7 @@ impl Gate {
             tasks: take_map(&mut ebpf, "slicewall_tasks")?,
             execs: take_map(&mut ebpf, "slicewall_execs")?,
             subjects: take_map(&mut ebpf, "slicewall_subjects")?,
+            units: take_map(&mut ebpf, "slicewall_units")?,
             prefixes: take_map(&mut ebpf, "slicewall_prefixes")?,
             lists: take_map(&mut ebpf, "slicewall_lists")?,
             held: take_map(&mut ebpf, "slicewall_held")?,
@@ -277,6 +280,10 @@ impl Gate {
         let subjects: Vec<SubjectKey> = self.subjects.keys().filter_map(Result::ok).collect();
         for key in subjects {
             let _ = self.subjects.remove(&key);
+        }
+        let units: Vec<UnitKey> = self.units.keys().filter_map(Result::ok).collect();
+        for key in units {
+            let _ = self.units.remove(&key);
         }
     }
 }

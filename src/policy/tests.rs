@@ -42,6 +42,7 @@ fn numbered(rules: &[Rule]) -> Vec<NumberedRule<'_>> {
         .map(|(index, rule)| NumberedRule {
             id: index as u32 + 1,
             rule,
+            needs_exe: false,
         })
         .collect()
 }
@@ -281,4 +282,92 @@ fn compiled_tables_agree_with_decide() {
             }
         }
     }
+}
+
+/// Before the gate knows a process's executable it evaluates the cgroup's policy, in which rules
+/// that name an executable are marked. Whenever that evaluation decides (the best candidate is
+/// not marked), the verdict must be the one [`decide`] reaches for every possible executable.
+#[test]
+fn unit_policy_decides_only_what_no_executable_changes() {
+    let prefixes = ["192.0.2.0/24", "192.0.2.7/32", "0.0.0.0/0", "2001:db8::/32"];
+    let addresses = ["192.0.2.7", "192.0.2.1", "198.51.100.3", "2001:db8::1"];
+    let executables = ["/usr/bin/curl", "/usr/bin/wget"];
+    let unit = parse_cgroup_path("/system.slice/app.service");
+    let mut random = fastrand::Rng::with_seed(11);
+    let mut decided = 0;
+
+    for round in 0..300 {
+        let count = random.usize(1..8);
+        let rules: Vec<Rule> = (0..count)
+            .map(|_| {
+                let action = [Action::Allow, Action::Deny][random.usize(0..2)];
+                let chosen: Vec<&str> = (0..random.usize(0..2))
+                    .map(|_| prefixes[random.usize(0..prefixes.len())])
+                    .collect();
+                let ports: &[(u16, u16)] = if random.bool() { &[(443, 443)] } else { &[] };
+                let mut rule = rule(action, &chosen, ports, Protocol::Any);
+                rule.priority = [0, 0, 5][random.usize(0..3)];
+                match random.usize(0..3) {
+                    0 => rule.selectors.exe = Some(PathBuf::from(executables[random.usize(0..2)])),
+                    1 => rule.selectors.unit = Some(UnitSelector::Exact("app.service".into())),
+                    _ => {}
+                }
+                rule
+            })
+            .collect();
+        let numbered_rules: Vec<NumberedRule<'_>> = rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| NumberedRule {
+                id: index as u32 + 1,
+                rule,
+                needs_exe: rule.selectors.exe.is_some(),
+            })
+            .collect();
+        let (identity, global): (Vec<NumberedRule<'_>>, Vec<NumberedRule<'_>>) = numbered_rules
+            .iter()
+            .partition(|numbered| !numbered.rule.selectors.is_empty());
+        let unit_policy = compile(&identity, ASK);
+        let global = compile(&global, ASK);
+
+        for address in addresses {
+            for port in [443, 80] {
+                let address: IpAddr = address.parse().unwrap();
+                let best = [
+                    unit_policy.evaluate(address, 6, port),
+                    global.evaluate(address, 6, port),
+                ]
+                .iter()
+                .filter_map(|evaluation| match evaluation {
+                    Evaluation::Matched(candidate) => Some(*candidate),
+                    _ => None,
+                })
+                .max_by_key(|candidate| candidate.rank);
+                if best.is_some_and(|candidate| candidate.flags & abi::CANDIDATE_NEEDS_EXE != 0) {
+                    continue;
+                }
+                decided += 1;
+                let verdict = best.map(|candidate| candidate.verdict);
+                for exe in executables {
+                    let subject = Subject {
+                        unit: &unit,
+                        exe: Some(std::path::Path::new(exe)),
+                        sha256: None,
+                        uid: 0,
+                    };
+                    let flow = Flow {
+                        protocol: Protocol::Tcp,
+                        address,
+                        port,
+                    };
+                    let expected = decide(&rules, &subject, &flow).map(|rule| match rule.action {
+                        Action::Allow => abi::VERDICT_ALLOW,
+                        _ => abi::VERDICT_DENY,
+                    });
+                    assert_eq!(verdict, expected, "round {round}, {exe}, {flow:?}, rules {rules:#?}");
+                }
+            }
+        }
+    }
+    assert!(decided > 500, "the unit policy decided only {decided} flows");
 }

@@ -434,13 +434,16 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 		subject.exe_id = flow.exe_id;
 		subject.uid = flow.uid;
 		policy = bpf_map_lookup_elem(&slicewall_subjects, &subject);
-	} else {
-		/* The executable is not known yet (a new program, or one the daemon is still hashing):
-		 * the cgroup's policy still decides every flow that no rule naming an executable could
-		 * decide differently. */
+	} else if (!is_connect) {
+		/* The executable is not known yet (a new program, or one the daemon is still hashing).
+		 * A datagram cannot wait, so the cgroup's policy decides it whenever no rule naming an
+		 * executable could decide it differently. A connect waits for the daemon instead: the
+		 * process stays alive while it waits, so its audit record names the executable. */
 		unit.cgroup_id = flow.cgroup_id;
 		unit.uid = flow.uid;
 		policy = bpf_map_lookup_elem(&slicewall_units, &unit);
+	} else {
+		policy = 0;
 	}
 	if (!policy)
 		return pend(ctx->sk, &flow, is_connect);

@@ -29,7 +29,16 @@ fn main() -> ExitCode {
             std::thread::sleep(Duration::from_millis(delay.parse().unwrap_or(0)));
             let mut command = std::process::Command::new(program);
             command.args(rest);
-            let error = std::os::unix::process::CommandExt::exec(&mut command);
+            // ETXTBSY is transient when the program was just written: a process forked at that
+            // moment elsewhere still holds it open for writing until its own exec.
+            let mut error = std::os::unix::process::CommandExt::exec(&mut command);
+            for _ in 0..100 {
+                if error.raw_os_error() != Some(libc::ETXTBSY) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                error = std::os::unix::process::CommandExt::exec(&mut command);
+            }
             eprintln!("probe: failed to exec {program}: {error}");
             return ExitCode::from(2);
         }
@@ -145,7 +154,10 @@ fn forked(flow: fn(SocketAddr) -> std::io::Result<()>, target: SocketAddr) {
 fn close_with_reset(stream: TcpStream) {
     use std::os::fd::AsRawFd;
 
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: the descriptor is open for the duration of the call, and the option value is a
     // valid linger structure of the size given.
     unsafe {

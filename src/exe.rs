@@ -41,6 +41,11 @@ pub struct ExeIdentity {
     /// Whether `path` no longer names the file the process runs, because the file was deleted
     /// or replaced after the process started.
     pub deleted: bool,
+    /// Whether `path`, resolved in the daemon's own mount namespace, names the very file the
+    /// process runs. A process in another mount namespace (a container, or `unshare -m` with a
+    /// bind mount over a trusted path) can show any path, so rules that match on `path` must
+    /// not trust it unless this is true.
+    pub path_verified: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,17 +157,25 @@ impl ExeCache {
             source,
         })?;
         let (path, deleted) = strip_deleted_suffix(link_target, &metadata);
+        let path_verified = !deleted
+            && fs::metadata(&path)
+                .is_ok_and(|named| named.dev() == metadata.dev() && named.ino() == metadata.ino());
 
         let version = FileVersion::of(&metadata);
         if let Some(cached) = self.identities.get(&version) {
-            if cached.path == path && cached.deleted == deleted {
+            if cached.path == path
+                && cached.deleted == deleted
+                && cached.path_verified == path_verified
+            {
                 return Ok(Arc::clone(cached));
             }
-            // Same file, reached through another name (a hard link) or since deleted.
+            // Same file, reached through another name (a hard link or a path in another mount
+            // namespace) or since deleted.
             let identity = Arc::new(ExeIdentity {
                 path,
                 sha256: cached.sha256,
                 deleted,
+                path_verified,
             });
             self.identities.put(version, Arc::clone(&identity));
             return Ok(identity);
@@ -176,6 +189,7 @@ impl ExeCache {
             path,
             sha256,
             deleted,
+            path_verified,
         });
         self.identities.put(version, Arc::clone(&identity));
         Ok(identity)

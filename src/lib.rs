@@ -17,3 +17,16 @@ pub mod kernel;
 pub mod policy;
 pub mod rules;
 pub mod unit;
+
+/// Formats an error with every cause in its source chain, as `error: cause: cause`. The error
+/// types of this crate name the object in their own message and leave the cause to `source()`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -799,3 +799,109 @@ fn exec_chain_never_uses_stale_identity() {
         "a denied flow got through"
     );
 }
+
+/// A process in its own mount namespace can put any file at a trusted path with a bind mount.
+/// /proc/PID/exe then shows the trusted path, so an `exe` rule must not take it on trust.
+#[test]
+fn exe_rule_ignores_paths_from_other_mount_namespaces() {
+    require_lab!();
+    let bins = tempfile::tempdir().unwrap();
+    let trusted = copy_probe(bins.path(), "trusted");
+    let impostor = bins.path().join("impostor");
+    let mut content = fs::read(probe()).unwrap();
+    content.extend_from_slice(b"\0impostor\0");
+    fs::write(&impostor, &content).unwrap();
+    fs::set_permissions(
+        &impostor,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    let mut lab = Lab::new(&format!(
+        "[[rule]]\naction = \"deny\"\nunit = \"locked.service\"\n\n\
+         [[rule]]\naction = \"allow\"\nunit = \"locked.service\"\nexe = \"{}\"\n",
+        trusted.display()
+    ));
+    lab.start(&[]);
+    let locked = lab.cgroup.child("locked.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    assert_eq!(
+        lab.probe_with(&trusted, &locked, &["--wait-ms", SETTLE, "tcp", &target]),
+        vec!["ok"],
+        "the trusted executable"
+    );
+
+    // unshare(1) makes the new mount namespace private, so the bind mount never leaves it.
+    let script = format!(
+        "mount --bind {impostor} {trusted} && exec {trusted} --wait-ms {SETTLE} tcp {target}",
+        impostor = impostor.display(),
+        trusted = trusted.display(),
+    );
+    let lines = lab.probe_with(
+        std::path::Path::new("/usr/bin/unshare"),
+        &locked,
+        &["--mount", "--propagation", "private", "sh", "-c", &script],
+    );
+    assert_eq!(
+        lines,
+        vec![DENIED],
+        "another file bind-mounted over the trusted path"
+    );
+    assert_eq!(
+        lab.network.veth4.received.load(Ordering::SeqCst),
+        1,
+        "the impostor's connection reached the server"
+    );
+}
+
+#[test]
+fn running_daemon_keeps_its_pins_to_itself() {
+    require_lab!();
+    let mut lab = Lab::new(&format!(
+        "[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}\"\n"
+    ));
+    lab.start(&[]);
+    let pin_dir = lab.bpffs.pin_dir();
+
+    let second = std::process::Command::new(common::slicewalld())
+        .arg("--root")
+        .arg(lab.root.path())
+        .arg("--cgroup")
+        .arg(&lab.cgroup.path)
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("--audit-stderr")
+        .output()
+        .unwrap();
+    assert_eq!(
+        second.status.code(),
+        Some(1),
+        "a second daemon started on the same pins"
+    );
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another slicewalld"), "{stderr}");
+
+    let cleanup = std::process::Command::new(common::slicewalld())
+        .arg("--cleanup")
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        cleanup.status.code(),
+        Some(1),
+        "cleanup ran under a live daemon"
+    );
+    assert!(
+        pin_dir.join("links").exists(),
+        "cleanup removed the live daemon's links"
+    );
+
+    let app = lab.cgroup.child("app.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    assert_eq!(
+        lab.probe(&app, &["--wait-ms", SETTLE, "tcp", &target]),
+        vec![DENIED],
+        "the gate after the refused attempts"
+    );
+}

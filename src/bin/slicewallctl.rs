@@ -40,6 +40,13 @@ fn main() -> ExitCode {
 }
 
 fn check(root: &std::path::Path) -> ExitCode {
+    if !root.is_dir() {
+        eprintln!(
+            "slicewallctl: invalid --root {}: not a directory",
+            root.display()
+        );
+        return ExitCode::from(2);
+    }
     match slicewall::rules::load_strict(root) {
         Ok(rule_set) => {
             for file in &rule_set.files {
@@ -54,9 +61,10 @@ fn check(root: &std::path::Path) -> ExitCode {
         }
         Err(errors) => {
             for error in &errors {
-                eprintln!("{error}");
+                eprintln!("{}", slicewall::error_chain(error));
             }
-            eprintln!("{} errors", errors.len());
+            let count = errors.len();
+            eprintln!("{count} {}", if count == 1 { "error" } else { "errors" });
             ExitCode::FAILURE
         }
     }
@@ -68,7 +76,7 @@ fn hash(files: &[PathBuf]) -> ExitCode {
         match slicewall::exe::hash_file(file) {
             Ok(digest) => println!("{digest}  {}", file.display()),
             Err(error) => {
-                eprintln!("slicewallctl: {}: {error}", file.display());
+                eprintln!("slicewallctl: {}", slicewall::error_chain(&error));
                 status = ExitCode::FAILURE;
             }
         }

@@ -122,7 +122,9 @@ struct Daemon {
     cgroups: CgroupIndex,
     units: HashMap<u64, Arc<UnitInfo>>,
     exes: ExeCache,
-    exe_ids: HashMap<(PathBuf, String), u32>,
+    /// Identifiers of executables by path, digest and whether the path was verified, so a file
+    /// shown under a trusted path from another mount namespace is another identity.
+    exe_ids: HashMap<(PathBuf, String, bool), u32>,
     exe_by_id: HashMap<u32, Arc<ExeIdentity>>,
     /// Executables identified lately, by process and exec, for audit records of flows the gate
     /// decided before it knew the executable.
@@ -163,7 +165,7 @@ impl Daemon {
         let (rule_set, errors) = rules::load(&options.root);
         let mut degraded = Vec::new();
         for error in &errors {
-            tracing::error!("{error}, skipping the file");
+            tracing::error!("{}, skipping the file", crate::error_chain(error));
             degraded.push(error.to_string());
         }
 
@@ -270,7 +272,7 @@ impl Daemon {
             }
             Err(errors) => {
                 for error in &errors {
-                    tracing::error!("{error}");
+                    tracing::error!("{}", crate::error_chain(error));
                 }
                 let message = format!(
                     "rejected the reload: {} errors, the previous rules stay in force",
@@ -405,7 +407,7 @@ impl Daemon {
     }
 
     fn exe_id(&mut self, exe: &Arc<ExeIdentity>) -> u32 {
-        let key = (exe.path.clone(), exe.sha256.to_string());
+        let key = (exe.path.clone(), exe.sha256.to_string(), exe.path_verified);
         if let Some(&id) = self.exe_ids.get(&key) {
             return id;
         }
@@ -534,7 +536,9 @@ impl Daemon {
             };
             match destroy::destroy_tcp_socket(&socket) {
                 Ok(()) | Err(DestroyError::NotFound { .. }) => {}
-                Err(error) => tracing::warn!("{error}; its packets stay dropped"),
+                Err(error) => {
+                    tracing::warn!("{}; its packets stay dropped", crate::error_chain(&error))
+                }
             }
         }
         self.destroys = waiting;

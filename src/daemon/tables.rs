@@ -26,7 +26,9 @@ impl SubjectInfo {
     pub fn subject(&self) -> Subject<'_> {
         Subject {
             unit: &self.unit,
-            exe: Some(&self.exe.path),
+            // A path that does not name the running file in the daemon's mount namespace matches
+            // no `exe` rule; the digest still matches `sha256` rules.
+            exe: self.exe.path_verified.then_some(self.exe.path.as_path()),
             sha256: Some(&self.exe.sha256),
             uid: self.uid,
         }
@@ -125,8 +127,11 @@ impl Tables {
             }
         }
 
-        let units: Vec<(UnitKey, Arc<UnitInfo>)> =
-            self.units.iter().map(|(key, unit)| (*key, Arc::clone(unit))).collect();
+        let units: Vec<(UnitKey, Arc<UnitInfo>)> = self
+            .units
+            .iter()
+            .map(|(key, unit)| (*key, Arc::clone(unit)))
+            .collect();
         for (key, unit) in units {
             let policy = self.unit_policy_for(gate, &unit, key.uid)?;
             gate.units

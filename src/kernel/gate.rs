@@ -60,6 +60,10 @@ pub enum GateError {
         "pin directory {path} is not on a bpf file system (mount one with `mount -t bpf bpf DIR`)"
     )]
     NotBpfFs { path: PathBuf },
+    #[error("another slicewalld is using pin directory {path}; stop it first")]
+    Busy { path: PathBuf },
+    #[error("failed to lock pin directory {path}")]
+    Lock { path: PathBuf, source: io::Error },
     #[error("failed to prepare pin directory {path}")]
     PinDirectory { path: PathBuf, source: io::Error },
     #[error("failed to open cgroup {path}")]
@@ -130,6 +134,42 @@ pub struct Gate {
     pub events: Option<RingBuf<MapData>>,
     /// Kept so the loaded programs stay open until every link is pinned.
     _ebpf: Ebpf,
+    /// Held for the daemon's lifetime, so a second daemon or a cleanup cannot use the same pins.
+    _lock: PinLock,
+}
+
+/// An exclusive lock on a pin directory (flock on the directory itself, because a bpf file
+/// system holds no regular files). The kernel releases it when the process exits, however it
+/// exits.
+pub struct PinLock {
+    _directory: fs::File,
+}
+
+/// Locks a pin directory, failing at once if another process holds it.
+pub fn lock_pin_dir(pin_dir: &Path) -> Result<PinLock, GateError> {
+    use std::os::fd::AsRawFd;
+
+    let directory = fs::File::open(pin_dir).map_err(|source| GateError::Lock {
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    // SAFETY: flock on a descriptor this function owns.
+    let result = unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if result == 0 {
+        return Ok(PinLock {
+            _directory: directory,
+        });
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(GateError::Busy {
+            path: pin_dir.to_owned(),
+        });
+    }
+    Err(GateError::Lock {
+        path: pin_dir.to_owned(),
+        source: error,
+    })
 }
 
 /// Pin directory, guarded cgroup and map sizes of a gate.
@@ -148,6 +188,7 @@ impl Gate {
         let maps_dir = options.pin_dir.join("maps");
         let links_dir = options.pin_dir.join("links");
         prepare_pin_dir(&options.pin_dir)?;
+        let lock = lock_pin_dir(&options.pin_dir)?;
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(|source| GateError::PinDirectory {
                 path: dir.clone(),
@@ -190,6 +231,7 @@ impl Gate {
             stats: take_map(&mut ebpf, "slicewall_stats")?,
             events: Some(take_map(&mut ebpf, "slicewall_events")?),
             _ebpf: ebpf,
+            _lock: lock,
         })
     }
 
@@ -288,9 +330,20 @@ impl Gate {
     }
 }
 
-/// Removes the gate's links and maps. Detaches the programs unless another process still has
-/// them open.
-pub fn remove_pins(pin_dir: &Path) -> io::Result<()> {
+/// Removes the gate's links and maps, which detaches the programs. Fails while a daemon runs on
+/// the same pin directory, because that daemon would go on as if the gate were in force.
+pub fn remove_pins(pin_dir: &Path) -> Result<(), GateError> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    let _lock = lock_pin_dir(pin_dir)?;
+    remove_pin_files(pin_dir).map_err(|source| GateError::PinDirectory {
+        path: pin_dir.to_owned(),
+        source,
+    })
+}
+
+fn remove_pin_files(pin_dir: &Path) -> io::Result<()> {
     for sub in ["links", "maps"] {
         let dir = pin_dir.join(sub);
         match fs::read_dir(&dir) {

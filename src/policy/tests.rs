@@ -364,10 +364,16 @@ fn unit_policy_decides_only_what_no_executable_changes() {
                         Action::Allow => abi::VERDICT_ALLOW,
                         _ => abi::VERDICT_DENY,
                     });
-                    assert_eq!(verdict, expected, "round {round}, {exe}, {flow:?}, rules {rules:#?}");
+                    assert_eq!(
+                        verdict, expected,
+                        "round {round}, {exe}, {flow:?}, rules {rules:#?}"
+                    );
                 }
             }
         }
     }
-    assert!(decided > 500, "the unit policy decided only {decided} flows");
+    assert!(
+        decided > 500,
+        "the unit policy decided only {decided} flows"
+    );
 }

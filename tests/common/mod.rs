@@ -638,9 +638,20 @@ pub fn spawn_in(cgroup: &Cgroup, netns: &Netns, program: &Path, args: &[&str]) -
             Ok(())
         });
     }
-    let child = command.spawn().expect("failed to start client");
-    drop(netns_file);
-    child
+    // A test that has just written an executable can see ETXTBSY: a process that another test
+    // thread forked at that moment holds the file open for writing until it calls exec.
+    for _ in 0..100 {
+        match command.spawn() {
+            Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => {
+                drop(netns_file);
+                return result.expect("failed to start client");
+            }
+        }
+    }
+    panic!("{} stayed busy (ETXTBSY) for a second", program.display());
 }
 
 pub fn probe() -> PathBuf {

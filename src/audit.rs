@@ -133,9 +133,10 @@ pub struct Decision {
     pub sha256: Option<String>,
     pub pid: u32,
     pub uid: u32,
-    /// Process name, which the process chooses itself. It is kept byte for byte in
-    /// `SLICEWALL_COMM`, where the length-prefixed native protocol keeps it apart from other
-    /// fields, and escaped wherever it becomes part of a line of text.
+    /// Process name, which the process chooses itself. The daemon replaces bytes that are not
+    /// UTF-8 with U+FFFD. `SLICEWALL_COMM` carries it unescaped, because the length-prefixed
+    /// native protocol keeps it apart from other fields, and it is escaped wherever it becomes
+    /// part of a line of text.
     pub comm: String,
     /// "tcp" or "udp".
     pub protocol: &'static str,

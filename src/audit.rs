@@ -474,8 +474,10 @@ fn coalesced_record(coalesced: &Coalesced) -> Record {
                 None => String::new(),
             };
             let message = format!(
-                "{} {} {destination} from {source}{unit}: {count} more decisions coalesced",
-                flow.verdict, flow.protocol
+                "{} {} {destination} from {source}{unit}: {count} more {} coalesced",
+                flow.verdict,
+                flow.protocol,
+                if *count == 1 { "decision" } else { "decisions" }
             );
 
             let mut record = Record::new(flow.verdict.priority(), message_id::COALESCED, message);

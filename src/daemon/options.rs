@@ -35,7 +35,7 @@ pub struct Options {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
-    /// Directory on a bpf file system where programs and maps are pinned.
+    /// Directory on a bpf file system where the gate's maps and program links are pinned.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/slicewall")]
     pub pin_dir: PathBuf,
 

@@ -220,19 +220,7 @@ impl Tables {
                 !selectors.is_empty() && selectors.matches(subject)
             })
             .collect();
-        if matching.is_empty() {
-            return Ok(abi::POLICY_NONE);
-        }
-        let ids: Vec<u32> = matching
-            .iter()
-            .map(|&index| self.current.ids[index])
-            .collect();
-        if let Some(&policy) = self.current.policies.get(&ids) {
-            return Ok(policy);
-        }
-        let policy = self.write_policy(gate, &matching)?;
-        self.current.policies.insert(ids, policy);
-        Ok(policy)
+        self.policy_of(gate, &matching, false)
     }
 
     /// Finds or compiles the policy for processes of `unit` and `uid` whose executable is not
@@ -261,18 +249,38 @@ impl Tables {
                 !selectors.is_empty() && without_exe.matches(&subject)
             })
             .collect();
-        if matching.is_empty() {
+        self.policy_of(gate, &matching, true)
+    }
+
+    /// Finds or compiles the policy of the rules at `indexes`. With `exe_unknown`, the policy is
+    /// for processes whose executable is not known yet, and rules that name one are marked.
+    fn policy_of(
+        &mut self,
+        gate: &mut Gate,
+        indexes: &[usize],
+        exe_unknown: bool,
+    ) -> Result<u32, GateError> {
+        if indexes.is_empty() {
             return Ok(abi::POLICY_NONE);
         }
-        let ids: Vec<u32> = matching
+        let ids: Vec<u32> = indexes
             .iter()
             .map(|&index| self.current.ids[index])
             .collect();
-        if let Some(&policy) = self.current.unit_policies.get(&ids) {
+        let cached = if exe_unknown {
+            self.current.unit_policies.get(&ids)
+        } else {
+            self.current.policies.get(&ids)
+        };
+        if let Some(&policy) = cached {
             return Ok(policy);
         }
-        let policy = self.write_policy_marked(gate, &matching, true)?;
-        self.current.unit_policies.insert(ids, policy);
+        let policy = self.write_policy_marked(gate, indexes, exe_unknown)?;
+        if exe_unknown {
+            self.current.unit_policies.insert(ids, policy);
+        } else {
+            self.current.policies.insert(ids, policy);
+        }
         Ok(policy)
     }
 

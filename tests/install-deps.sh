@@ -26,6 +26,6 @@ if [ -n "$missing" ]; then
     apt-get install -y -q --no-install-recommends $missing
 fi
 command -v cargo >/dev/null 2>&1 || {
-    echo "install-deps: cargo is missing; install a stable Rust toolchain (rustup or apt-get install cargo)" >&2
+    echo "install-deps: cargo is missing; install Rust 1.85 or newer with rustup (Debian 12's own rustc is too old)" >&2
     exit 1
 }

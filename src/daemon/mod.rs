@@ -234,7 +234,10 @@ impl Daemon {
             if daemon.degraded.is_empty() {
                 String::new()
             } else {
-                format!(", degraded: {} rule files skipped", daemon.degraded.len())
+                format!(
+                    ", degraded: {} errors in rule files, those files skipped",
+                    daemon.degraded.len()
+                )
             },
         );
         daemon.audit.event(audit::EventKind::Started, &message, &[]);

@@ -93,6 +93,9 @@ impl Tables {
 
     /// Installs a new rule set: compiles it under fresh identifiers, points the gate at it, then
     /// removes the previous set's entries.
+    ///
+    /// TODO: an error part way (a full map) leaves some identities on the new policies and the
+    /// global policy on the old one; the previous rules should be restored instead.
     pub fn install(&mut self, gate: &mut Gate, rules: Vec<Rule>) -> Result<(), GateError> {
         let previous = std::mem::take(&mut self.current);
         self.current.ids = rules.iter().map(|_| self.allocate()).collect();

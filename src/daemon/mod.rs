@@ -1,11 +1,13 @@
 //! `slicewalld`: loads the gate, installs the rules, identifies the processes the gate reports,
 //! decides what the gate cannot, and audits every decision.
 
+mod held;
+mod identify;
 pub mod options;
+mod records;
 mod tables;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +16,15 @@ use anyhow::{bail, Context};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::audit::{self, Audit, AuditOptions, Decision};
+use crate::audit::{self, Audit, AuditOptions};
 use crate::cgroup::{self, CgroupIndex};
-use crate::exe::{ExeCache, ExeError, ExeIdentity};
-use crate::kernel::abi::{self, Event, SubjectKey, Task, UnitKey};
-use crate::kernel::destroy::{self, DestroyError, HeldSocket};
+use crate::exe::{ExeCache, ExeIdentity};
+use crate::kernel::abi::{self, Event};
 use crate::kernel::gate::{self, Gate, GateOptions, MapSizes};
-use crate::rules::{self, Flow, Protocol};
-use crate::unit::{self, UnitInfo};
+use crate::rules;
+use crate::unit::UnitInfo;
 use options::{AskFallback, FailMode, Options};
-use tables::{SubjectInfo, Tables, Verdict};
+use tables::Tables;
 
 /// Executables whose hashes are kept; beyond it the oldest are hashed again when seen.
 const EXE_CACHE_ENTRIES: usize = 4096;
@@ -325,349 +326,6 @@ impl Daemon {
             other => tracing::debug!(kind = other, "ignoring an unknown gate event"),
         }
     }
-
-    /// Identifies a process: hashes its executable, records it in the gate, and makes sure the
-    /// identity (cgroup, executable, uid) has its policy entry.
-    ///
-    /// `exec_ns` is the process's last exec as the gate saw it when it sent the event. Returns
-    /// `None` when the process is gone, or when it has called execve() again since, because the
-    /// executable read here may then belong to another program than the event's.
-    fn identify(
-        &mut self,
-        tgid: u32,
-        exec_ns: u64,
-        cgroup_id: u64,
-        uid: u32,
-    ) -> Option<(SubjectKey, SubjectInfo)> {
-        let exe = match self.exes.identify_pid(tgid) {
-            Ok(exe) => exe,
-            // The process exited (or is a zombie) before the daemon looked: nothing to decide.
-            Err(ExeError::ProcessGone(_) | ExeError::NoExecutable(_)) => return None,
-            Err(error) => {
-                tracing::warn!(
-                    "failed to identify the executable of pid {tgid}: {error}, ignoring"
-                );
-                return None;
-            }
-        };
-        // The executable was read after the exec of `exec_ns`. If no exec came between that one
-        // and now, it is that exec's program; otherwise the newer exec's event identifies it.
-        if self.gate.exec_ns(tgid) != exec_ns {
-            tracing::debug!(
-                tgid,
-                "process called execve() again before it was identified"
-            );
-            return None;
-        }
-        let exe_id = self.exe_id(&exe);
-        self.recent.put((tgid, exec_ns), exe_id);
-        let task = Task {
-            exe_id,
-            padding: 0,
-            exec_ns,
-        };
-        if let Err(error) = self.gate.tasks.insert(tgid, task, 0) {
-            tracing::warn!(
-                "failed to record pid {tgid} in the gate: {error}, its flows go through the daemon"
-            );
-        }
-
-        let key = SubjectKey {
-            cgroup_id,
-            exe_id,
-            uid,
-        };
-        if let Some(info) = self.tables.subject(&key) {
-            return Some((key, info.clone()));
-        }
-        let info = SubjectInfo {
-            unit: self.unit_of(cgroup_id),
-            exe,
-            uid,
-            policy: abi::POLICY_NONE,
-        };
-        match self.tables.add_subject(&mut self.gate, key, info.clone()) {
-            Ok(policy) => Some((key, SubjectInfo { policy, ..info })),
-            Err(error) => {
-                tracing::warn!("failed to record an identity in the gate: {error}, its flows go through the daemon");
-                Some((key, info))
-            }
-        }
-    }
-
-    /// Gives the gate the policy for a cgroup and user, used while a new program of theirs is
-    /// still being identified.
-    fn add_unit(&mut self, cgroup_id: u64, uid: u32) {
-        let key = UnitKey {
-            cgroup_id,
-            uid,
-            padding: 0,
-        };
-        let unit = self.unit_of(cgroup_id);
-        if let Err(error) = self.tables.add_unit(&mut self.gate, key, unit) {
-            tracing::warn!("failed to record cgroup {cgroup_id} in the gate: {error}, its new programs' flows go through the daemon");
-        }
-    }
-
-    fn exe_id(&mut self, exe: &Arc<ExeIdentity>) -> u32 {
-        let key = (exe.path.clone(), exe.sha256.to_string(), exe.path_verified);
-        if let Some(&id) = self.exe_ids.get(&key) {
-            return id;
-        }
-        let id = self.tables.allocate();
-        self.exe_ids.insert(key, id);
-        self.exe_by_id.insert(id, Arc::clone(exe));
-        id
-    }
-
-    fn unit_of(&mut self, cgroup_id: u64) -> Arc<UnitInfo> {
-        if let Some(unit) = self.units.get(&cgroup_id) {
-            return Arc::clone(unit);
-        }
-        let path = self.cgroups.path_of(cgroup_id).unwrap_or_default();
-        let unit = Arc::new(unit::parse_cgroup_path(&path));
-        if !path.is_empty() {
-            self.units.insert(cgroup_id, Arc::clone(&unit));
-        }
-        unit
-    }
-
-    /// Decides a flow the gate handed over: a held connect or a rejected datagram.
-    fn decide_pending(&mut self, event: &Event) {
-        self.add_unit(event.cgroup_id, event.uid);
-        let held = self.gate.held.get(&event.cookie, 0).ok();
-        let is_held = held
-            .is_some_and(|held| held.state == abi::HELD_WAITING && held.flow.tgid == event.tgid);
-        let Some((_, info)) = self.identify(event.tgid, event.exec_ns, event.cgroup_id, event.uid)
-        else {
-            // The process is gone, or it replaced its program, so nobody can say which executable
-            // made the flow: a held socket gets the fail mode's verdict.
-            let verdict = if is_held {
-                let verdict = Verdict {
-                    verdict: self.fail_verdict,
-                    reason: abi::REASON_FAIL_MODE,
-                    rule_id: 0,
-                };
-                self.release_held(event, verdict);
-                verdict
-            } else {
-                Verdict {
-                    verdict: abi::VERDICT_DENY,
-                    reason: abi::REASON_PENDING,
-                    rule_id: 0,
-                }
-            };
-            self.audit_event(event, verdict.verdict, verdict.reason, 0);
-            return;
-        };
-        if !is_held {
-            // A datagram the gate rejected while the identity was unknown; the next one is
-            // decided in the gate.
-            self.audit_identified(
-                event,
-                &info,
-                Verdict {
-                    verdict: abi::VERDICT_DENY,
-                    reason: abi::REASON_PENDING,
-                    rule_id: 0,
-                },
-            );
-            return;
-        }
-
-        let verdict = self.decide_flow(event, &info);
-        self.release_held(event, verdict);
-        self.audit_identified(event, &info, verdict);
-    }
-
-    fn decide_flow(&self, event: &Event, info: &SubjectInfo) -> Verdict {
-        let protocol = if i32::from(event.protocol) == libc::IPPROTO_TCP {
-            Protocol::Tcp
-        } else {
-            Protocol::Udp
-        };
-        let flow = Flow {
-            protocol,
-            address: event.address(),
-            port: event.port,
-        };
-        self.tables.decide(&info.subject(), &flow)
-    }
-
-    fn release_held(&mut self, event: &Event, verdict: Verdict) {
-        if verdict.verdict == abi::VERDICT_ALLOW {
-            let _ = self.gate.held.remove(&event.cookie);
-            return;
-        }
-        if let Ok(mut held) = self.gate.held.get(&event.cookie, 0) {
-            held.state = abi::HELD_DENIED;
-            let _ = self.gate.held.insert(event.cookie, held, 0);
-        }
-        if i32::from(event.protocol) == libc::IPPROTO_TCP {
-            self.destroys.push(PendingDestroy {
-                cookie: event.cookie,
-                attempts: 0,
-            });
-            self.retry_destroys();
-        }
-    }
-
-    /// Aborts denied held TCP sockets. The gate learns a socket's source address from its first
-    /// SYN, which may leave after the daemon has decided, so an attempt waits for it.
-    fn retry_destroys(&mut self) {
-        let mut waiting = Vec::new();
-        for mut pending in std::mem::take(&mut self.destroys) {
-            let Ok(held) = self.gate.held.get(&pending.cookie, 0) else {
-                continue;
-            };
-            if held.source_port == 0 {
-                pending.attempts += 1;
-                if pending.attempts < DESTROY_ATTEMPTS {
-                    waiting.push(pending);
-                } else {
-                    tracing::warn!(cookie = pending.cookie, "gave up destroying a denied held socket that sent no SYN; its packets stay dropped");
-                }
-                continue;
-            }
-            let source = SocketAddr::new(address_of(held.source_address), held.source_port);
-            let destination = SocketAddr::new(held.flow.address(), held.flow.port);
-            let socket = HeldSocket {
-                pid: held.flow.tgid,
-                cookie: pending.cookie,
-                source,
-                destination,
-            };
-            match destroy::destroy_tcp_socket(&socket) {
-                Ok(()) | Err(DestroyError::NotFound { .. }) => {}
-                Err(error) => {
-                    tracing::warn!("{}; its packets stay dropped", crate::error_chain(&error))
-                }
-            }
-        }
-        self.destroys = waiting;
-    }
-
-    /// Decides held flows whose hold began at least `min_age` ago: those an earlier daemon left
-    /// after a restart, and those whose event was lost because the ring buffer was full.
-    fn decide_held_flows(&mut self, min_age: Duration) {
-        let now = monotonic_ns();
-        let min_age = u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX);
-        let held: Vec<(u64, abi::Held)> = self.gate.held.iter().filter_map(Result::ok).collect();
-        for (cookie, entry) in held {
-            if entry.state == abi::HELD_WAITING && now.saturating_sub(entry.since_ns) >= min_age {
-                let mut event = entry.flow;
-                event.cookie = cookie;
-                self.decide_pending(&event);
-            }
-        }
-    }
-
-    fn audit_event(&mut self, event: &Event, verdict: u8, reason: u8, rule_id: u32) {
-        // The gate decides some flows before the daemon has identified the program (by the
-        // policy of its cgroup), and reports no executable for them. The daemon identified it
-        // since, from the exec event that came first, or does so now.
-        let exe_id = match event.exe_id {
-            0 => self
-                .recent
-                .get(&(event.tgid, event.exec_ns))
-                .copied()
-                .or_else(|| {
-                    self.identify(event.tgid, event.exec_ns, event.cgroup_id, event.uid)
-                        .map(|(key, _)| key.exe_id)
-                })
-                .unwrap_or(0),
-            known => known,
-        };
-        let key = SubjectKey {
-            cgroup_id: event.cgroup_id,
-            exe_id,
-            uid: event.uid,
-        };
-        let info = match self.tables.subject(&key) {
-            Some(info) => info.clone(),
-            None => {
-                let exe = self.exe_by_id.get(&exe_id).cloned();
-                let unit = self.unit_of(event.cgroup_id);
-                let decision = self.decision(
-                    event,
-                    unit.as_ref(),
-                    exe.as_deref(),
-                    Verdict {
-                        verdict,
-                        reason,
-                        rule_id,
-                    },
-                );
-                self.audit.record(decision);
-                return;
-            }
-        };
-        self.audit_identified(
-            event,
-            &info,
-            Verdict {
-                verdict,
-                reason,
-                rule_id,
-            },
-        );
-    }
-
-    fn audit_identified(&mut self, event: &Event, info: &SubjectInfo, verdict: Verdict) {
-        let decision = self.decision(event, &info.unit, Some(&info.exe), verdict);
-        self.audit.record(decision);
-    }
-
-    fn decision(
-        &self,
-        event: &Event,
-        unit: &UnitInfo,
-        exe: Option<&ExeIdentity>,
-        verdict: Verdict,
-    ) -> Decision {
-        Decision {
-            verdict: if verdict.verdict == abi::VERDICT_ALLOW {
-                audit::Verdict::Allow
-            } else {
-                audit::Verdict::Deny
-            },
-            reason: match verdict.reason {
-                abi::REASON_RULE => audit::Reason::Rule,
-                abi::REASON_ASK_FALLBACK => audit::Reason::AskFallback,
-                abi::REASON_FAIL_MODE => audit::Reason::FailMode,
-                abi::REASON_PENDING => audit::Reason::Pending,
-                abi::REASON_LIMIT => audit::Reason::Limit,
-                _ => audit::Reason::NoRule,
-            },
-            rule: self.tables.origin(verdict.rule_id).map(str::to_owned),
-            unit: unit.unit.clone(),
-            app: unit.app_id.clone(),
-            cgroup: Some(unit.cgroup_path.clone()).filter(|path| !path.is_empty()),
-            exe: exe.map(|exe| exe.path.display().to_string()),
-            sha256: exe.map(|exe| exe.sha256.to_string()),
-            pid: event.tgid,
-            uid: event.uid,
-            comm: event.comm(),
-            protocol: if i32::from(event.protocol) == libc::IPPROTO_TCP {
-                "tcp"
-            } else {
-                "udp"
-            },
-            address: event.address(),
-            port: event.port,
-        }
-    }
-}
-
-/// Reads CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns(), in nanoseconds.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// Hands the memory freed after parsing and compiling a large rule set back to the kernel;
@@ -675,9 +333,4 @@ fn monotonic_ns() -> u64 {
 fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe { libc::malloc_trim(0) };
-}
-
-fn address_of(bytes: [u8; 16]) -> IpAddr {
-    let v6 = std::net::Ipv6Addr::from(bytes);
-    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }

@@ -905,3 +905,52 @@ fn running_daemon_keeps_its_pins_to_itself() {
         "the gate after the refused attempts"
     );
 }
+
+/// Every unit start makes a new cgroup, so the identities of removed cgroups must not stay in
+/// the gate's maps until they are full.
+#[test]
+fn removed_cgroups_leave_the_maps() {
+    require_lab!();
+    let mut lab = Lab::new(&format!(
+        "[[rule]]\naction = \"deny\"\nunit = \"gone.service\"\naddress = \"{SERVER_V4}\"\n"
+    ));
+    lab.start(&[]);
+    let loopback = format!("127.0.0.1:{}", lab.network.loopback4.port);
+    let gone_id;
+    {
+        let gone = lab.cgroup.child("gone.service");
+        gone_id = slicewall::cgroup::cgroup_id(&gone.path).unwrap();
+        assert_eq!(lab.probe(&gone, &["tcp", &loopback]), vec!["ok"]);
+    }
+    let kept = lab.cgroup.child("kept.service");
+    let kept_id = slicewall::cgroup::cgroup_id(&kept.path).unwrap();
+    assert_eq!(lab.probe(&kept, &["tcp", &loopback]), vec!["ok"]);
+
+    let subjects = |lab: &Lab| -> Vec<u64> {
+        let path = lab.bpffs.pin_dir().join("maps/slicewall_subjects");
+        let data = aya::maps::MapData::from_pin(&path).expect("open the pinned subjects map");
+        let map: aya::maps::HashMap<_, slicewall::kernel::abi::SubjectKey, u32> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+        map.keys()
+            .filter_map(Result::ok)
+            .map(|key| key.cgroup_id)
+            .collect()
+    };
+    let before = subjects(&lab);
+    assert!(
+        before.contains(&gone_id),
+        "the removed cgroup was never recorded: {before:?}"
+    );
+
+    // The removal sweep runs once a minute and at every reload.
+    assert!(lab.reload().contains("reloaded"));
+    let after = subjects(&lab);
+    assert!(
+        !after.contains(&gone_id),
+        "the removed cgroup is still in the gate: {after:?}"
+    );
+    assert!(
+        after.contains(&kept_id),
+        "a live cgroup was forgotten: {after:?}"
+    );
+}

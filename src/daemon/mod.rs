@@ -36,6 +36,8 @@ const RECENT_PROCESSES: std::num::NonZeroUsize = match std::num::NonZeroUsize::n
     Some(count) => count,
     None => unreachable!(),
 };
+/// Ticks of 10 ms between sweeps for removed cgroups (one minute).
+const CGROUP_SWEEP_TICKS: u32 = 6000;
 /// Attempts to destroy a denied held socket whose SYN the gate has not yet seen.
 const DESTROY_ATTEMPTS: u32 = 50;
 
@@ -88,6 +90,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 if ticks % 100 == 0 {
                     daemon.every_second();
                 }
+                if ticks % CGROUP_SWEEP_TICKS == 0 {
+                    daemon.forget_removed_cgroups();
+                }
             }
             _ = hangup.recv() => daemon.reload(),
             _ = terminate.recv() => break,
@@ -120,6 +125,7 @@ struct Daemon {
     gate: Gate,
     tables: Tables,
     root: PathBuf,
+    cgroup_mount: PathBuf,
     cgroups: CgroupIndex,
     units: HashMap<u64, Arc<UnitInfo>>,
     exes: ExeCache,
@@ -207,7 +213,8 @@ impl Daemon {
             gate,
             tables,
             root: options.root.clone(),
-            cgroups: CgroupIndex::new(cgroup_mount, guarded.clone()),
+            cgroups: CgroupIndex::new(cgroup_mount.clone(), guarded.clone()),
+            cgroup_mount,
             units: HashMap::new(),
             exes: ExeCache::new(EXE_CACHE_ENTRIES),
             exe_ids: HashMap::new(),
@@ -261,6 +268,7 @@ impl Daemon {
     }
 
     fn reload(&mut self) {
+        self.forget_removed_cgroups();
         match rules::load_strict(&self.root) {
             Ok(rule_set) => {
                 let count = rule_set.rules.len();
@@ -286,6 +294,37 @@ impl Daemon {
                     .event(audit::EventKind::RulesRejected, &message, &[]);
             }
         }
+    }
+
+    /// Drops the identities of cgroups that were removed (every unit start makes a new cgroup),
+    /// so the gate's identity maps do not fill up on a long-running system.
+    fn forget_removed_cgroups(&mut self) {
+        let gone: std::collections::HashSet<u64> = self
+            .tables
+            .cgroup_ids()
+            .into_iter()
+            .filter(|&id| !self.cgroup_exists(id))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        tracing::debug!(count = gone.len(), "forgetting removed cgroups");
+        self.tables.forget_cgroups(&mut self.gate, &gone);
+        for id in &gone {
+            self.units.remove(id);
+            self.cgroups.forget(*id);
+        }
+    }
+
+    fn cgroup_exists(&self, id: u64) -> bool {
+        let Some(unit) = self.units.get(&id) else {
+            // Never resolved to a path, so it cannot be checked; keep it.
+            return true;
+        };
+        let path = self
+            .cgroup_mount
+            .join(unit.cgroup_path.trim_start_matches('/'));
+        cgroup::cgroup_id(&path).is_ok_and(|found| found == id)
     }
 
     fn every_second(&mut self) {

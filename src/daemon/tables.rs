@@ -119,12 +119,7 @@ impl Tables {
         for key in keys {
             let info = self.subjects[&key].clone();
             let policy = self.policy_for(gate, &info.subject())?;
-            gate.subjects
-                .insert(key, policy, 0)
-                .map_err(|source| GateError::MapUpdate {
-                    name: "slicewall_subjects",
-                    source,
-                })?;
+            gate.set_subject(key, policy)?;
             if let Some(entry) = self.subjects.get_mut(&key) {
                 entry.policy = policy;
             }
@@ -137,12 +132,7 @@ impl Tables {
             .collect();
         for (key, unit) in units {
             let policy = self.unit_policy_for(gate, &unit, key.uid)?;
-            gate.units
-                .insert(key, policy, 0)
-                .map_err(|source| GateError::MapUpdate {
-                    name: "slicewall_units",
-                    source,
-                })?;
+            gate.set_unit(key, policy)?;
         }
 
         let mut config = gate.read_config()?;
@@ -179,12 +169,7 @@ impl Tables {
     ) -> Result<u32, GateError> {
         let policy = self.policy_for(gate, &info.subject())?;
         info.policy = policy;
-        gate.subjects
-            .insert(key, policy, 0)
-            .map_err(|source| GateError::MapUpdate {
-                name: "slicewall_subjects",
-                source,
-            })?;
+        gate.set_subject(key, policy)?;
         self.subjects.insert(key, info);
         Ok(policy)
     }
@@ -201,14 +186,37 @@ impl Tables {
             return Ok(());
         }
         let policy = self.unit_policy_for(gate, &unit, key.uid)?;
-        gate.units
-            .insert(key, policy, 0)
-            .map_err(|source| GateError::MapUpdate {
-                name: "slicewall_units",
-                source,
-            })?;
+        gate.set_unit(key, policy)?;
         self.units.insert(key, unit);
         Ok(())
+    }
+
+    /// Returns every cgroup that an identity or a cgroup-and-user policy refers to.
+    pub fn cgroup_ids(&self) -> HashSet<u64> {
+        self.subjects
+            .keys()
+            .map(|key| key.cgroup_id)
+            .chain(self.units.keys().map(|key| key.cgroup_id))
+            .collect()
+    }
+
+    /// Forgets the identities and cgroup-and-user policies of cgroups that no longer exist, in
+    /// memory and in the gate, so the maps do not fill up as units come and go.
+    pub fn forget_cgroups(&mut self, gate: &mut Gate, gone: &HashSet<u64>) {
+        self.subjects.retain(|key, _| {
+            let keep = !gone.contains(&key.cgroup_id);
+            if !keep {
+                let _ = gate.subjects.remove(key);
+            }
+            keep
+        });
+        self.units.retain(|key, _| {
+            let keep = !gone.contains(&key.cgroup_id);
+            if !keep {
+                let _ = gate.units.remove(key);
+            }
+            keep
+        });
     }
 
     pub fn subject(&self, key: &SubjectKey) -> Option<&SubjectInfo> {

@@ -259,6 +259,26 @@ impl Gate {
             .unwrap_or(0)
     }
 
+    /// Points an identity at its policy.
+    pub fn set_subject(&mut self, key: SubjectKey, policy: u32) -> Result<(), GateError> {
+        self.subjects
+            .insert(key, policy, 0)
+            .map_err(|source| GateError::MapUpdate {
+                name: "slicewall_subjects",
+                source,
+            })
+    }
+
+    /// Points a cgroup-and-user pair at the policy for its programs not identified yet.
+    pub fn set_unit(&mut self, key: UnitKey, policy: u32) -> Result<(), GateError> {
+        self.units
+            .insert(key, policy, 0)
+            .map_err(|source| GateError::MapUpdate {
+                name: "slicewall_units",
+                source,
+            })
+    }
+
     /// Points `policy`'s entry for an address prefix at a candidate list. `key_bits` counts the
     /// family byte and the address bits (0 for the policy's root, which matches any address).
     pub fn set_prefix(

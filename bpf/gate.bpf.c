@@ -202,6 +202,23 @@ static __always_inline void send_event(__u32 kind, const struct flow *flow, cons
 	bpf_ringbuf_submit(event, wakeup);
 }
 
+/* Writes an IPv4 address (network order) as ::ffff:a.b.c.d into a zeroed 16-byte buffer. */
+static __always_inline void set_ipv4(__u8 *address, __u32 ip4)
+{
+	address[10] = 0xff;
+	address[11] = 0xff;
+	__builtin_memcpy(&address[12], &ip4, 4);
+}
+
+/* Writes an IPv6 address from the four 32-bit words that context fields are read as. */
+static __always_inline void set_ipv6(__u8 *address, __u32 w0, __u32 w1, __u32 w2, __u32 w3)
+{
+	__builtin_memcpy(&address[0], &w0, 4);
+	__builtin_memcpy(&address[4], &w1, 4);
+	__builtin_memcpy(&address[8], &w2, 4);
+	__builtin_memcpy(&address[12], &w3, 4);
+}
+
 static __always_inline int is_ipv4_mapped(const __u8 *address)
 {
 	int i;
@@ -355,7 +372,7 @@ static __always_inline int pend(void *sk, const struct flow *flow, int is_connec
 	held.since_ns = bpf_ktime_get_ns();
 	storage = bpf_sk_storage_get(&slicewall_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!storage || bpf_map_update_elem(&slicewall_held, &flow->cookie, &held, BPF_ANY)) {
-		/* No room to hold the flow: the fail mode decides, and the audit says why. */
+		/* No room to hold the flow: the fail mode decides, audited with reason "limit". */
 		fail.verdict = cfg->fail_verdict;
 		fail.reason = SLICEWALL_REASON_LIMIT;
 		send_event(SLICEWALL_EVENT_DECISION, flow, &fail);
@@ -387,26 +404,12 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 		return SK_PASS;
 	flow.protocol = ctx->protocol;
 	flow.port = bpf_ntohs(ctx->user_port);
-	if (family == AF_INET) {
-		__u32 ip4 = ctx->user_ip4;
-
-		flow.address[10] = 0xff;
-		flow.address[11] = 0xff;
-		__builtin_memcpy(&flow.address[12], &ip4, 4);
-	} else {
-		__u32 word;
-
-		/* An IPv4-mapped IPv6 address has the same ::ffff:a.b.c.d form that IPv4 gets above,
-		 * so it is judged as the IPv4 address it carries. */
-		word = ctx->user_ip6[0];
-		__builtin_memcpy(&flow.address[0], &word, 4);
-		word = ctx->user_ip6[1];
-		__builtin_memcpy(&flow.address[4], &word, 4);
-		word = ctx->user_ip6[2];
-		__builtin_memcpy(&flow.address[8], &word, 4);
-		word = ctx->user_ip6[3];
-		__builtin_memcpy(&flow.address[12], &word, 4);
-	}
+	/* An IPv4-mapped IPv6 address gets the same ::ffff:a.b.c.d form as IPv4, so it is judged as
+	 * the IPv4 address it carries. */
+	if (family == AF_INET)
+		set_ipv4(flow.address, ctx->user_ip4);
+	else
+		set_ipv6(flow.address, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
 	flow.family = is_ipv4_mapped(flow.address) ? SLICEWALL_FAMILY_IPV4 : SLICEWALL_FAMILY_IPV6;
 
 	/* The socket's cgroup is the one it was created in, which is also what nftables matches. */
@@ -543,24 +546,11 @@ int slicewall_egress(struct __sk_buff *skb)
 		return SK_PASS;
 	}
 	if (!held->source_port) {
-		__u32 word;
-
 		held->source_port = (__u16)sk->src_port;
-		if (sk->family == AF_INET) {
-			word = sk->src_ip4;
-			held->source_address[10] = 0xff;
-			held->source_address[11] = 0xff;
-			__builtin_memcpy(&held->source_address[12], &word, 4);
-		} else {
-			word = sk->src_ip6[0];
-			__builtin_memcpy(&held->source_address[0], &word, 4);
-			word = sk->src_ip6[1];
-			__builtin_memcpy(&held->source_address[4], &word, 4);
-			word = sk->src_ip6[2];
-			__builtin_memcpy(&held->source_address[8], &word, 4);
-			word = sk->src_ip6[3];
-			__builtin_memcpy(&held->source_address[12], &word, 4);
-		}
+		if (sk->family == AF_INET)
+			set_ipv4(held->source_address, sk->src_ip4);
+		else
+			set_ipv6(held->source_address, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
 	}
 	return SK_DROP;
 }

@@ -10,7 +10,7 @@
 //! prints one line each; `--wait-ms N` waits before the first (to race nothing with exec).
 //!
 //! `--via thread` makes each flow from a new thread, `--via fork` from a forked child that does
-//! not exec; the child's line says `ok pid N` with its PID.
+//! not exec; the child prints its result followed by `pid N`.
 //!
 //! `--exec-after-ms N PROGRAM [ARGS...]` sleeps N milliseconds, then replaces itself with PROGRAM.
 //!
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             let mut command = std::process::Command::new(program);
             command.args(rest);
             // ETXTBSY is transient when the program was just written: a process forked at that
-            // moment elsewhere still holds it open for writing until its own exec.
+            // moment elsewhere keeps it open for writing until its own exec.
             let mut error = std::os::unix::process::CommandExt::exec(&mut command);
             for _ in 0..100 {
                 if error.raw_os_error() != Some(libc::ETXTBSY) {

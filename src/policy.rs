@@ -1,9 +1,10 @@
 //! Compiles rules into the tables the kernel gate evaluates, with no I/O.
 //!
 //! A *policy* is the set of rules that apply to one kind of identity. The gate looks a flow's
-//! destination up in an LPM trie keyed by (policy, address) and gets a *list* of candidates:
-//! every (rule, port range, protocol) whose address prefix contains the longest prefix that
-//! matched, including the rules with no address, sorted by [`rank`] with the best first. The
+//! destination up in an LPM trie keyed by (policy, family, address) and gets a *list* of
+//! candidates. The list contains every (rule, port range, protocol) whose address prefix
+//! contains the longest prefix that matched, including the rules with no address, sorted by
+//! [`rank`] with the best first. The
 //! first candidate that matches the port and protocol is the policy's answer. The gate asks two
 //! policies, the identity's own and the global one (rules without selectors), and keeps the
 //! answer of higher rank, so it reaches the same verdict as [`crate::rules::decide`].
@@ -26,9 +27,10 @@ use crate::rules::{rank, Action, Protocol, Rule};
 pub struct NumberedRule<'a> {
     pub id: u32,
     pub rule: &'a Rule,
-    /// The rule names an executable (`exe` or `sha256`) in a policy compiled for processes whose
-    /// executable the gate does not know yet: it may or may not apply, so it is marked
-    /// [`abi::CANDIDATE_NEEDS_EXE`] and a flow it would decide goes to the daemon.
+    /// Set for a rule that names an executable (`exe` or `sha256`), in a policy compiled for
+    /// processes whose executable the gate does not have yet. Such a rule may or may not apply,
+    /// so it is marked [`abi::CANDIDATE_NEEDS_EXE`], and a flow it would decide goes to the
+    /// daemon.
     pub needs_exe: bool,
 }
 

@@ -99,7 +99,8 @@ fn address_rule_allows_and_denies_every_flow_kind() {
 #[test]
 fn flow_right_after_exec_is_held_then_decided() {
     require_lab!();
-    // The rule names the executable, so the gate cannot decide the flow before it knows it.
+    // The rule names the executable, so the gate cannot decide the flow before the daemon has
+    // identified the program.
     let mut lab = Lab::new(&format!(
         "[[rule]]\naction = \"deny\"\nexe = \"{}\"\naddress = \"{SERVER_V4}\"\nprotocol = \"tcp\"\n",
         probe().canonicalize().unwrap().display()
@@ -296,8 +297,9 @@ fn verdicts_do_not_depend_on_file_names() {
         seen
     };
     let first = observe(&lab);
-    // plain: TCP by priority, UDP denied globally; trusted: both allowed by its unit; tie:
-    // TCP by priority, UDP denied because deny beats allow at a tie.
+    // plain.service: TCP is allowed by priority, and UDP is denied by the global rule.
+    // trusted.service: both are allowed by its unit rule.
+    // tie.service: TCP is allowed by priority, and UDP is denied because deny beats allow.
     assert_eq!(first, vec!["ok", DENIED, "ok", "ok", "ok", DENIED]);
 
     // Reverse the names: what sorted first now sorts last.
@@ -744,10 +746,10 @@ fn ask_rule_applies_the_configured_fallback() {
 fn exec_chain_never_uses_stale_identity() {
     require_lab!();
     let bins = tempfile::tempdir().unwrap();
-    // Padding makes each program take tens of milliseconds to hash, so the timeline below holds
-    // with wide margins: the first program execs the second after 2 ms, the daemon records the
-    // first at about 40 ms, and the second connects at about 50 ms, while the daemon still hashes
-    // the second program.
+    // Padding makes each program take tens of milliseconds to hash, which gives the timeline below
+    // wide margins. The first program execs the second after 2 ms, the daemon records the first
+    // at about 40 ms, and the second connects at about 50 ms, while the daemon still hashes the
+    // second program.
     let padding = vec![0u8; 64 << 20];
     let mut allowed_content = fs::read(probe()).unwrap();
     allowed_content.extend_from_slice(&padding);

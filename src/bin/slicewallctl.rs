@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Validate every rule file as the daemon would load it; exit 1 on any error.
     Check {
-        /// Directory that holds etc/, run/ and usr/lib/ with the rule drop-ins.
+        /// Directory that contains etc/, run/ and usr/lib/ with the rule drop-ins.
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
     },

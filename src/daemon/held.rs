@@ -19,8 +19,8 @@ impl Daemon {
             .is_some_and(|held| held.state == abi::HELD_WAITING && held.flow.tgid == event.tgid);
         let Some((_, info)) = self.identify(event.tgid, event.exec_ns, event.cgroup_id, event.uid)
         else {
-            // The process is gone, or it replaced its program, so nobody can say which executable
-            // made the flow: a held socket gets the fail mode's verdict.
+            // The process is gone, or it replaced its program, so the executable that made the
+            // flow cannot be determined. A held socket gets the fail mode's verdict.
             let verdict = if is_held {
                 let verdict = Verdict {
                     verdict: self.fail_verdict,

@@ -1,5 +1,5 @@
-//! Who makes a flow: the daemon's side of process identification. It hashes executables, hands
-//! the gate the identifiers it keys its tables with, and keeps the policies of identities and of
+//! Process identification, the daemon's side. It hashes executables, hands the gate the
+//! identifiers it keys its tables with, and keeps the policies of identities and of
 //! cgroup-and-user pairs up to date.
 
 use std::sync::Arc;

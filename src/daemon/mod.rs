@@ -138,7 +138,7 @@ struct Daemon {
     recent: lru::LruCache<(u32, u64), u32>,
     audit: Audit,
     destroys: Vec<PendingDestroy>,
-    /// Verdict of the configured fail mode, for flows nobody can attribute.
+    /// Verdict of the configured fail mode, for flows that cannot be attributed to an executable.
     fail_verdict: u8,
     events_lost: u64,
     degraded: Vec<String>,

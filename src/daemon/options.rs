@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-/// What flows that need the daemon get while no daemon runs.
+/// Verdict for flows that need the daemon while no daemon runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FailMode {
     /// Deny them.
@@ -27,7 +27,7 @@ pub enum AskFallback {
     about = "slicewall daemon: gates every new outbound flow by the systemd unit, executable and user that makes it"
 )]
 pub struct Options {
-    /// Directory that holds etc/, run/ and usr/lib/ with the rule drop-ins (as systemd tools' --root).
+    /// Directory that contains etc/, run/ and usr/lib/ with the rule drop-ins (as systemd tools' --root).
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
 

@@ -1,5 +1,5 @@
 //! Audit records of decisions: the gate's events turned into journal records with the unit,
-//! executable and rule the daemon knows for them.
+//! executable and rule the daemon has recorded for them.
 
 use super::tables::{SubjectInfo, Verdict};
 use super::Daemon;

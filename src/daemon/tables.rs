@@ -235,8 +235,8 @@ impl Tables {
     }
 
     /// Finds or compiles the policy for processes of `unit` and `uid` whose executable is not
-    /// known yet: the identity rules whose other selectors match, with those that name an
-    /// executable marked, so the gate leaves the flows they could decide to the daemon.
+    /// known yet. It contains the identity rules whose other selectors match. Those that name an
+    /// executable are marked, so the gate leaves the flows they could decide to the daemon.
     fn unit_policy_for(
         &mut self,
         gate: &mut Gate,

@@ -284,7 +284,7 @@ fn compiled_tables_agree_with_decide() {
     }
 }
 
-/// Before the gate knows a process's executable it evaluates the cgroup's policy, in which rules
+/// Until the gate has a process's executable, it evaluates the cgroup's policy, in which rules
 /// that name an executable are marked. Whenever that evaluation decides (the best candidate is
 /// not marked), the verdict must be the one [`decide`] reaches for every possible executable.
 #[test]

@@ -639,7 +639,7 @@ pub fn spawn_in(cgroup: &Cgroup, netns: &Netns, program: &Path, args: &[&str]) -
         });
     }
     // A test that has just written an executable can see ETXTBSY: a process that another test
-    // thread forked at that moment holds the file open for writing until it calls exec.
+    // thread forked at that moment keeps the file open for writing until it calls exec.
     for _ in 0..100 {
         match command.spawn() {
             Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) => {
@@ -716,7 +716,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds a lab whose rule root holds `rules` as etc/slicewall/rules.d/50-test.toml (none if
+    /// Builds a lab whose rule root contains `rules` as etc/slicewall/rules.d/50-test.toml (none if
     /// empty), without starting the daemon.
     pub fn new(rules: &str) -> Lab {
         let root = tempfile::tempdir().unwrap();

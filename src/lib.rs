@@ -11,11 +11,13 @@
 
 pub mod audit;
 pub mod cgroup;
+pub mod control;
 pub mod daemon;
 pub mod exe;
 pub mod kernel;
 pub mod policy;
 pub mod rules;
+pub mod systemd;
 pub mod unit;
 
 /// Formats an error with every cause in its source chain, as `error: cause: cause`. The error

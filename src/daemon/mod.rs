@@ -6,6 +6,7 @@ mod identify;
 pub mod options;
 mod records;
 mod tables;
+mod units;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,13 +19,16 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::audit::{self, Audit, AuditOptions};
 use crate::cgroup::{self, CgroupIndex};
+use crate::control::{self, SharedStatus};
 use crate::exe::{ExeCache, ExeIdentity};
 use crate::kernel::abi::{self, Event};
 use crate::kernel::gate::{self, Gate, GateOptions, MapSizes};
 use crate::rules;
+use crate::systemd::{self, Manager, Update};
 use crate::unit::UnitInfo;
 use options::{AskFallback, FailMode, Options};
 use tables::Tables;
+use units::UnitDirectory;
 
 /// Executables whose hashes are kept; beyond it the oldest are hashed again when seen.
 const EXE_CACHE_ENTRIES: usize = 4096;
@@ -72,6 +76,19 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut ticks: u32 = 0;
 
+    let (unit_sender, mut unit_updates) = tokio::sync::mpsc::unbounded_channel();
+    if systemd::systemd_booted() {
+        systemd::follow(daemon.cgroup_mount.clone(), unit_sender);
+        daemon.following = Following::Connecting("connecting to the system manager".to_owned());
+    } else {
+        drop(unit_sender);
+        tracing::info!(
+            "systemd is not the init system here; units are known from cgroup paths only"
+        );
+    }
+    daemon.publish_status();
+    control::serve(daemon.status.clone());
+
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     loop {
         tokio::select! {
@@ -94,7 +111,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     daemon.forget_removed_cgroups();
                 }
             }
-            _ = hangup.recv() => daemon.reload(),
+            Some(update) = unit_updates.recv() => {
+                daemon.unit_update(update);
+                while let Ok(update) = unit_updates.try_recv() {
+                    daemon.unit_update(update);
+                }
+                daemon.publish_status();
+            }
+            _ = hangup.recv() => {
+                daemon.reload();
+                daemon.publish_status();
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -121,6 +148,15 @@ struct PendingDestroy {
     attempts: u32,
 }
 
+/// Whether the daemon follows the system manager.
+enum Following {
+    /// systemd is not the init system.
+    NotBooted,
+    /// Not connected, with the reason.
+    Connecting(String),
+    Up,
+}
+
 struct Daemon {
     gate: Gate,
     tables: Tables,
@@ -141,7 +177,14 @@ struct Daemon {
     /// Verdict of the configured fail mode, for flows that cannot be attributed to an executable.
     fail_verdict: u8,
     events_lost: u64,
+    /// Errors in rule files that were skipped at start.
     degraded: Vec<String>,
+    rule_files: Vec<PathBuf>,
+    unit_directory: UnitDirectory,
+    following: Following,
+    status: SharedStatus,
+    fail_mode: FailMode,
+    ask_fallback: AskFallback,
 }
 
 impl Daemon {
@@ -225,6 +268,12 @@ impl Daemon {
             fail_verdict,
             events_lost: 0,
             degraded,
+            rule_files: rule_set.files.clone(),
+            unit_directory: UnitDirectory::default(),
+            following: Following::NotBooted,
+            status: SharedStatus::default(),
+            fail_mode: options.fail_mode,
+            ask_fallback: options.ask_fallback,
         };
         daemon.decide_held_flows(Duration::ZERO);
         release_free_memory();
@@ -277,8 +326,13 @@ impl Daemon {
                     return;
                 }
                 self.degraded.clear();
+                self.rule_files = rule_set.files;
+                self.unit_directory.resummarize(self.tables.rules());
                 release_free_memory();
-                let message = format!("reloaded {count} rules from {} files", rule_set.files.len());
+                let message = format!(
+                    "reloaded {count} rules from {} files",
+                    self.rule_files.len()
+                );
                 self.audit
                     .event(audit::EventKind::RulesLoaded, &message, &[]);
             }
@@ -325,6 +379,85 @@ impl Daemon {
             .cgroup_mount
             .join(unit.cgroup_path.trim_start_matches('/'));
         cgroup::cgroup_id(&path).is_ok_and(|found| found == id)
+    }
+
+    /// Takes in a change reported by the systemd follower.
+    fn unit_update(&mut self, update: Update) {
+        let mut gone = Vec::new();
+        match update {
+            Update::Unit(record) => {
+                tracing::debug!(
+                    unit = %record.name,
+                    manager = %record.manager.name(),
+                    state = %record.active_state,
+                    cgroup_id = ?record.cgroup_id,
+                    "unit changed"
+                );
+                gone.extend(self.unit_directory.update(record, self.tables.rules()));
+            }
+            Update::Removed { manager, name } => {
+                tracing::debug!(unit = %name, manager = %manager.name(), "unit removed");
+                gone.extend(self.unit_directory.remove(manager, &name));
+            }
+            Update::ManagerUp(manager) => {
+                tracing::info!(
+                    manager = %manager.name(),
+                    units = self.unit_directory.len(),
+                    "following the service manager"
+                );
+                if manager == Manager::System {
+                    self.following = Following::Up;
+                }
+            }
+            Update::ManagerDown { manager, reason } => match manager {
+                Manager::System => self.following = Following::Connecting(reason),
+                Manager::User(_) => {
+                    tracing::debug!(manager = %manager.name(), %reason, "stopped following");
+                    gone.extend(self.unit_directory.remove_manager(manager));
+                }
+            },
+        }
+        // A unit that restarted or stopped left its cgroup behind; once the directory is gone,
+        // its identities go too, instead of waiting for the next sweep.
+        let gone: std::collections::HashSet<u64> = gone
+            .into_iter()
+            .filter(|&id| !self.cgroup_exists(id))
+            .collect();
+        if !gone.is_empty() {
+            self.tables.forget_cgroups(&mut self.gate, &gone);
+            for id in &gone {
+                self.units.remove(id);
+                self.cgroups.forget(*id);
+            }
+        }
+    }
+
+    /// Copies what the D-Bus interface reports into the shared status.
+    fn publish_status(&mut self) {
+        let mut reasons: Vec<String> = self
+            .degraded
+            .iter()
+            .map(|error| format!("rule file skipped: {error}"))
+            .collect();
+        if let Following::Connecting(reason) = &self.following {
+            reasons.push(format!("not following the system manager: {reason}"));
+        }
+        let rows = self.unit_directory.rows(&HashMap::new());
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        status.fail_mode = self.fail_mode.as_str().to_owned();
+        status.ask_fallback = self.ask_fallback.as_str().to_owned();
+        status.degraded_reasons = reasons;
+        status.rule_count = u32::try_from(self.tables.rule_count()).unwrap_or(u32::MAX);
+        status.rule_files = self
+            .rule_files
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
+        status.following_systemd = matches!(self.following, Following::Up);
+        status.units = rows;
     }
 
     fn every_second(&mut self) {

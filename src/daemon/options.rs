@@ -13,11 +13,29 @@ pub enum FailMode {
     Open,
 }
 
+impl FailMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Closed => "closed",
+            FailMode::Open => "open",
+        }
+    }
+}
+
 /// The verdict an `ask` rule gives while no prompt can be shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AskFallback {
     Allow,
     Deny,
+}
+
+impl AskFallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AskFallback::Allow => "allow",
+            AskFallback::Deny => "deny",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Parser)]

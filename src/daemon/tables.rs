@@ -83,6 +83,11 @@ impl Tables {
         self.current.rules.len()
     }
 
+    /// The rules in force.
+    pub fn rules(&self) -> &[Rule] {
+        &self.current.rules
+    }
+
     /// Hands out the next identifier for a rule, policy, list or executable.
     pub fn allocate(&mut self) -> u32 {
         let id = self.next_id;

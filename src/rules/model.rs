@@ -290,6 +290,26 @@ impl Selectors {
         true
     }
 
+    /// Checks the selectors that concern the unit (`unit`, `app`) against a unit, and ignores
+    /// those that concern the process. `true` means that some process of the unit may match.
+    pub fn may_match_unit(&self, unit: &UnitInfo) -> bool {
+        if let Some(selector) = &self.unit {
+            if !selector.matches(unit) {
+                return false;
+            }
+        }
+        match (&self.app, &unit.app_id) {
+            (None, _) => true,
+            (Some(app), Some(app_id)) => app.is_match(app_id),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Checks whether the rule selects by unit or application rather than by process alone.
+    pub fn names_unit(&self) -> bool {
+        self.unit.is_some() || self.app.is_some()
+    }
+
     /// Checks whether no selector is present, which makes the rule global.
     pub fn is_empty(&self) -> bool {
         self.unit.is_none()

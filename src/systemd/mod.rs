@@ -1,0 +1,628 @@
+//! Following systemd: the units of the system manager and of every user manager, as they start,
+//! restart and stop.
+//!
+//! The daemon talks to the system manager on the system bus, and to each user manager on that
+//! user's bus (`/run/user/UID/bus`). Both may appear after the daemon starts (it runs before
+//! `dbus.service` at boot), so the follower retries until they do.
+//!
+//! After `Subscribe()` a manager sends `UnitNew`, `UnitRemoved`, `JobRemoved` and
+//! `PropertiesChanged` signals. Any of them makes the follower read the unit's properties again
+//! and send the result to the daemon as an [`Update`]. Nothing is polled. A unit that restarts
+//! keeps its name and cgroup path but gets a new cgroup directory, so its cgroup ID is read from
+//! the cgroup file system on every update.
+//!
+//! A user's bus and everything on it is under that user's control, so the daemon connects to it
+//! with the user's credentials (see [`connect_as_user`]) and takes nothing a user manager reports
+//! on trust: a unit whose cgroup is not below that user's `user@UID.service` is ignored, and the
+//! number of units per user is bounded. The eBPF gate never depends on these reports; it reads
+//! the cgroup of each socket from the kernel.
+//!
+//! systemd's private sockets (`/run/systemd/private`) would avoid the bus, but systemd marks the
+//! messages it sends there with a well-known sender name, which zbus rejects.
+
+pub mod summary;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use zbus::message::Type as MessageType;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+
+use crate::cgroup;
+use crate::unit::{self, UnitInfo};
+
+/// Bus name of the service managers.
+const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
+/// Exists when systemd is the init system (`sd_booted()`).
+const SYSTEMD_RUNTIME: &str = "/run/systemd/system";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
+const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
+const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
+/// Wait between attempts to reach a manager that is not there yet.
+const RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// Attempts to reach a user manager that systemd reports as started.
+const USER_MANAGER_ATTEMPTS: u32 = 10;
+/// Units kept per user manager; a user can make a manager report any number of them.
+const MAX_USER_UNITS: usize = 4096;
+
+/// The service manager that runs a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Manager {
+    System,
+    /// The manager of this user ID, `user@UID.service`.
+    User(u32),
+}
+
+impl Manager {
+    /// Returns `system`, or the user manager's unit name `user@UID.service`.
+    pub fn name(&self) -> String {
+        match self {
+            Manager::System => "system".to_owned(),
+            Manager::User(uid) => format!("user@{uid}.service"),
+        }
+    }
+}
+
+/// What the daemon keeps of one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitRecord {
+    pub manager: Manager,
+    /// Unit name, such as `nginx.service` or `app-gnome-org.gnome.Terminal-4321.scope`.
+    pub name: String,
+    pub description: String,
+    /// `ActiveState`: active, reloading, inactive, failed, activating or deactivating.
+    pub active_state: String,
+    /// Position in the unit tree: cgroup path (relative to the cgroup2 mount), slice chain, the
+    /// user manager above it and the application ID from the unit name.
+    pub info: Arc<UnitInfo>,
+    /// ID of the unit's cgroup now, or `None` while the unit has no cgroup.
+    pub cgroup_id: Option<u64>,
+    /// Program of the first `ExecStart=` command of a service, as systemd reports it.
+    pub main_exe: Option<PathBuf>,
+    /// The user the unit's processes run as: the manager's user for user units, `User=` of a
+    /// system service (a name or a number), or empty for root.
+    pub user: String,
+}
+
+/// A change the follower reports to the daemon.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A unit was loaded, or changed state or cgroup.
+    Unit(UnitRecord),
+    /// A unit was unloaded.
+    Removed { manager: Manager, name: String },
+    /// The connection to a manager is up and every unit it had then was reported.
+    ManagerUp(Manager),
+    /// The connection to a manager ended, with the reason. Its units are gone or unknown.
+    ManagerDown { manager: Manager, reason: String },
+}
+
+/// Whether systemd is the init system here.
+pub fn systemd_booted() -> bool {
+    Path::new(SYSTEMD_RUNTIME).is_dir()
+}
+
+/// Starts following the system manager and, through it, every user manager. Updates go to
+/// `updates`; the tasks end when the receiver is dropped. `cgroup_mount` is where the cgroup2
+/// hierarchy is mounted, to turn cgroup paths into IDs.
+pub fn follow(cgroup_mount: PathBuf, updates: mpsc::UnboundedSender<Update>) {
+    let follower = Follower {
+        cgroup_mount: Arc::new(cgroup_mount),
+        updates,
+    };
+    tokio::spawn(follower.run_system());
+}
+
+#[derive(Clone)]
+struct Follower {
+    cgroup_mount: Arc<PathBuf>,
+    updates: mpsc::UnboundedSender<Update>,
+}
+
+impl Follower {
+    /// Follows the system manager for as long as the daemon runs, reconnecting when the
+    /// connection ends (the bus daemon restarted, for example).
+    async fn run_system(self) {
+        let mut user_managers: HashMap<u32, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut last_error = String::new();
+        loop {
+            let result = match zbus::Connection::system().await {
+                Ok(connection) => {
+                    last_error.clear();
+                    self.follow_manager(connection, Manager::System, None, &mut user_managers)
+                        .await
+                }
+                Err(error) => Err(anyhow::Error::new(error).context("no system bus")),
+            };
+            let reason = match result {
+                Ok(()) => "the system bus connection ended".to_owned(),
+                Err(error) => format!("{error:#}"),
+            };
+            if reason != last_error {
+                tracing::warn!("cannot follow the system manager: {reason}");
+                last_error = reason.clone();
+            }
+            let down = Update::ManagerDown {
+                manager: Manager::System,
+                reason,
+            };
+            if self.updates.send(down).is_err() {
+                break;
+            }
+            tokio::time::sleep(RECONNECT_DELAY).await;
+        }
+        for (_, task) in user_managers {
+            task.abort();
+        }
+    }
+
+    /// Follows one user manager until it goes away. `cgroup` is the cgroup path of its
+    /// `user@UID.service`, as the system manager reports it. The future is boxed because
+    /// following a manager can start followers of user managers, which makes the future's type
+    /// recursive.
+    fn run_user(
+        self,
+        uid: u32,
+        cgroup: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { self.follow_user(uid, cgroup).await })
+    }
+
+    async fn follow_user(&self, uid: u32, cgroup: String) {
+        let manager = Manager::User(uid);
+        let mut attempts = 0;
+        let reason = loop {
+            attempts += 1;
+            let result = match connect_as_user(uid).await {
+                Ok(connection) => {
+                    self.follow_manager(connection, manager, Some(&cgroup), &mut HashMap::new())
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(()) => break "the connection ended".to_owned(),
+                Err(error) if attempts < USER_MANAGER_ATTEMPTS => {
+                    tracing::debug!("cannot reach the manager of user {uid} yet: {error:#}");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(error) => {
+                    tracing::warn!("cannot follow the manager of user {uid}: {error:#}");
+                    break format!("{error:#}");
+                }
+            }
+        };
+        let _ = self.updates.send(Update::ManagerDown { manager, reason });
+    }
+
+    /// Reports every unit a manager has, then every change, until the connection ends. Returns
+    /// `Ok` when the connection ended without an error. For a user manager, `user_cgroup` is the
+    /// cgroup of its `user@UID.service`: units it reports elsewhere are ignored.
+    async fn follow_manager(
+        &self,
+        connection: zbus::Connection,
+        manager: Manager,
+        user_cgroup: Option<&str>,
+        user_managers: &mut HashMap<u32, tokio::task::JoinHandle<()>>,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context;
+
+        // Signals arrive on this stream from the moment it exists, so none is lost between the
+        // subscription and the listing below.
+        let rule = zbus::MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .sender(SYSTEMD_NAME)?
+            .build();
+        let mut messages = zbus::MessageStream::for_match_rule(rule, &connection, None)
+            .await
+            .context("AddMatch failed")?;
+        let session = Session {
+            connection,
+            manager,
+            user_cgroup: user_cgroup.map(|path| format!("{}/", path.trim_end_matches('/'))),
+            cgroup_mount: self.cgroup_mount.clone(),
+        };
+        session
+            .call(MANAGER_PATH, MANAGER_INTERFACE, "Subscribe", &())
+            .await
+            .context("Subscribe failed")?;
+
+        let listed: Vec<ListedUnit> = session
+            .call(MANAGER_PATH, MANAGER_INTERFACE, "ListUnits", &())
+            .await
+            .context("ListUnits failed")?
+            .body()
+            .deserialize()
+            .context("ListUnits returned an unexpected reply")?;
+        let mut paths: HashMap<OwnedObjectPath, String> = HashMap::new();
+        for unit in listed {
+            if !is_followed(&unit.0) || !has_room(manager, &paths) {
+                continue;
+            }
+            paths.insert(unit.6.clone(), unit.0.clone());
+            self.refresh(&session, &unit.6, user_managers).await;
+        }
+        if self.updates.send(Update::ManagerUp(manager)).is_err() {
+            return Ok(());
+        }
+
+        while let Some(message) = messages.next().await {
+            let message = message.context("failed to read from the manager")?;
+            if message.message_type() != MessageType::Signal {
+                continue;
+            }
+            let header = message.header();
+            let (Some(member), Some(path)) = (header.member(), header.path()) else {
+                continue;
+            };
+            match member.as_str() {
+                "UnitNew" => {
+                    if let Ok((name, path)) =
+                        message.body().deserialize::<(String, OwnedObjectPath)>()
+                    {
+                        if is_followed(&name) && has_room(manager, &paths) {
+                            paths.insert(path.clone(), name);
+                            self.refresh(&session, &path, user_managers).await;
+                        }
+                    }
+                }
+                "UnitRemoved" => {
+                    if let Ok((name, path)) =
+                        message.body().deserialize::<(String, OwnedObjectPath)>()
+                    {
+                        if paths.remove(&path).is_some() {
+                            self.removed(manager, name, user_managers);
+                        }
+                    }
+                }
+                "JobRemoved" => {
+                    if let Ok((_, _, name, _)) =
+                        message
+                            .body()
+                            .deserialize::<(u32, OwnedObjectPath, String, String)>()
+                    {
+                        if let Some(path) = paths
+                            .iter()
+                            .find_map(|(path, known)| (*known == name).then(|| path.clone()))
+                        {
+                            self.refresh(&session, &path, user_managers).await;
+                        }
+                    }
+                }
+                "PropertiesChanged" => {
+                    let path = OwnedObjectPath::from(path.to_owned());
+                    if paths.contains_key(&path) {
+                        self.refresh(&session, &path, user_managers).await;
+                    }
+                }
+                _ => {}
+            }
+            if self.updates.is_closed() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a unit's properties and reports them. A unit that vanished in between is left to
+    /// its `UnitRemoved` signal.
+    async fn refresh(
+        &self,
+        session: &Session,
+        path: &OwnedObjectPath,
+        user_managers: &mut HashMap<u32, tokio::task::JoinHandle<()>>,
+    ) {
+        let record = match session.read_unit(path).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::debug!("failed to read unit {}: {error:#}", path.as_str());
+                return;
+            }
+        };
+        if record.manager == Manager::System {
+            if let Some(uid) = user_manager_uid(&record.name) {
+                let running = matches!(record.active_state.as_str(), "active" | "reloading");
+                let cgroup = record.info.cgroup_path.clone();
+                match (running && !cgroup.is_empty(), user_managers.get(&uid)) {
+                    (true, Some(task)) if !task.is_finished() => {}
+                    (true, _) => {
+                        let task = tokio::spawn(self.clone().run_user(uid, cgroup));
+                        user_managers.insert(uid, task);
+                    }
+                    (false, _) => {}
+                }
+            }
+        }
+        let _ = self.updates.send(Update::Unit(record));
+    }
+
+    fn removed(
+        &self,
+        manager: Manager,
+        name: String,
+        user_managers: &mut HashMap<u32, tokio::task::JoinHandle<()>>,
+    ) {
+        if manager == Manager::System {
+            if let Some(uid) = user_manager_uid(&name) {
+                if let Some(task) = user_managers.remove(&uid) {
+                    task.abort();
+                    let _ = self.updates.send(Update::ManagerDown {
+                        manager: Manager::User(uid),
+                        reason: format!("{name} was stopped"),
+                    });
+                }
+            }
+        }
+        let _ = self.updates.send(Update::Removed { manager, name });
+    }
+}
+
+/// One entry of `ListUnits()`: name, description, load state, active state, sub state,
+/// following, object path, job ID, job type, job path.
+type ListedUnit = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
+/// One entry of a service's `ExecStart`: path, argv, ignore failure, then timestamps and status.
+type ExecCommand = (String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32);
+
+struct Session {
+    connection: zbus::Connection,
+    manager: Manager,
+    /// For a user manager, the cgroup path of its `user@UID.service` with a trailing '/'.
+    user_cgroup: Option<String>,
+    cgroup_mount: Arc<PathBuf>,
+}
+
+impl Session {
+    async fn call<B>(
+        &self,
+        path: &str,
+        interface: &str,
+        method: &str,
+        body: &B,
+    ) -> zbus::Result<zbus::Message>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        self.connection
+            .call_method(Some(SYSTEMD_NAME), path, Some(interface), method, body)
+            .await
+    }
+
+    async fn properties(
+        &self,
+        path: &OwnedObjectPath,
+        interface: &str,
+    ) -> anyhow::Result<HashMap<String, OwnedValue>> {
+        let reply = self
+            .call(path.as_str(), PROPERTIES_INTERFACE, "GetAll", &(interface,))
+            .await?;
+        Ok(reply.body().deserialize()?)
+    }
+
+    /// Reads one unit, or `None` for a unit type the daemon does not follow.
+    async fn read_unit(&self, path: &OwnedObjectPath) -> anyhow::Result<Option<UnitRecord>> {
+        let common = self.properties(path, UNIT_INTERFACE).await?;
+        let name = string_property(&common, "Id");
+        let Some(interface) = type_interface(&name) else {
+            return Ok(None);
+        };
+        let specific = self.properties(path, interface).await?;
+        let control_group = string_property(&specific, "ControlGroup");
+        if let Some(prefix) = &self.user_cgroup {
+            if !control_group.is_empty() && !control_group.starts_with(prefix.as_str()) {
+                tracing::warn!(
+                    unit = %name,
+                    cgroup = %control_group,
+                    "ignoring a unit that {} reports outside its own cgroup",
+                    self.manager.name()
+                );
+                return Ok(None);
+            }
+        }
+        let info = unit_info(&name, &control_group, self.manager);
+        let cgroup_id = if control_group.is_empty() {
+            None
+        } else {
+            cgroup::cgroup_id(
+                &self
+                    .cgroup_mount
+                    .join(control_group.trim_start_matches('/')),
+            )
+            .ok()
+        };
+        let main_exe = specific
+            .get("ExecStart")
+            .and_then(|value| Vec::<ExecCommand>::try_from(value.try_clone().ok()?).ok())
+            .and_then(|commands| commands.into_iter().next())
+            .map(|command| PathBuf::from(command.0));
+        let user = match self.manager {
+            Manager::System => string_property(&specific, "User"),
+            Manager::User(uid) => uid.to_string(),
+        };
+        Ok(Some(UnitRecord {
+            manager: self.manager,
+            name,
+            description: string_property(&common, "Description"),
+            active_state: string_property(&common, "ActiveState"),
+            info: Arc::new(info),
+            cgroup_id,
+            main_exe,
+            user,
+        }))
+    }
+}
+
+/// Checks whether another unit of `manager` may be kept.
+fn has_room(manager: Manager, paths: &HashMap<OwnedObjectPath, String>) -> bool {
+    if manager == Manager::System || paths.len() < MAX_USER_UNITS {
+        return true;
+    }
+    tracing::warn!(
+        "{} reports more than {MAX_USER_UNITS} units; not following the others",
+        manager.name()
+    );
+    false
+}
+
+/// Connects to the bus of user `uid` with that user's credentials.
+///
+/// The user owns the socket path and may point it anywhere, or run any bus behind it. Connecting
+/// as the user means the daemon reaches no more than the user could. A short-lived thread sets
+/// its own effective UID with the raw system call, which unlike the C library's `seteuid()`
+/// changes the calling thread only, connects, and ends; the daemon's other threads stay root.
+async fn connect_as_user(uid: u32) -> anyhow::Result<zbus::Connection> {
+    use anyhow::Context;
+
+    let path = PathBuf::from(format!("/run/user/{uid}/bus"));
+    let socket_path = path.clone();
+    let stream = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || -> std::io::Result<std::os::unix::net::UnixStream> {
+            // SAFETY: setresuid takes three integers and touches no memory; -1 leaves the real
+            // and saved UIDs (root) as they are, so only this thread's effective UID changes.
+            let result = unsafe {
+                libc::syscall(
+                    libc::SYS_setresuid,
+                    -1 as libc::c_long,
+                    libc::c_long::from(uid),
+                    -1 as libc::c_long,
+                )
+            };
+            if result != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            std::os::unix::net::UnixStream::connect(&socket_path)
+        })
+        .join()
+    })
+    .await
+    .context("the connecting thread failed")?
+    .map_err(|_| anyhow::anyhow!("the connecting thread panicked"))?
+    .with_context(|| format!("failed to connect to {} as user {uid}", path.display()))?;
+    stream.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(stream)?;
+    zbus::connection::Builder::unix_stream(stream)
+        .user_id(uid)
+        .build()
+        .await
+        .with_context(|| format!("failed to open a D-Bus connection on {}", path.display()))
+}
+
+/// The unit types whose processes make connections.
+fn is_followed(name: &str) -> bool {
+    type_interface(name).is_some()
+}
+
+fn type_interface(name: &str) -> Option<&'static str> {
+    if name.ends_with(".service") {
+        Some("org.freedesktop.systemd1.Service")
+    } else if name.ends_with(".scope") {
+        Some("org.freedesktop.systemd1.Scope")
+    } else {
+        None
+    }
+}
+
+fn string_property(properties: &HashMap<String, OwnedValue>, name: &str) -> String {
+    properties
+        .get(name)
+        .and_then(|value| String::try_from(value.try_clone().ok()?).ok())
+        .unwrap_or_default()
+}
+
+/// Returns the UID of a user manager's unit name, `user@UID.service`.
+fn user_manager_uid(name: &str) -> Option<u32> {
+    name.strip_prefix("user@")?
+        .strip_suffix(".service")?
+        .parse()
+        .ok()
+}
+
+/// Describes a unit from its name and cgroup path. A unit without a cgroup (inactive) still
+/// gets its name, slice-less, and its application ID.
+fn unit_info(name: &str, control_group: &str, manager: Manager) -> UnitInfo {
+    if !control_group.is_empty() {
+        let info = unit::parse_cgroup_path(control_group);
+        if info.unit.as_deref() == Some(name) {
+            return info;
+        }
+    }
+    UnitInfo {
+        cgroup_path: control_group.to_owned(),
+        unit: Some(name.to_owned()),
+        slices: Vec::new(),
+        user_manager: match manager {
+            Manager::System => None,
+            Manager::User(_) => Some(manager.name()),
+        },
+        app_id: unit::app_id_from_unit(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_manager_names() {
+        assert_eq!(user_manager_uid("user@1000.service"), Some(1000));
+        assert_eq!(user_manager_uid("user@0.service"), Some(0));
+        assert_eq!(user_manager_uid("user@.service"), None);
+        assert_eq!(user_manager_uid("user@x.service"), None);
+        assert_eq!(user_manager_uid("user-1000.slice"), None);
+        assert_eq!(user_manager_uid("user@1000.scope"), None);
+    }
+
+    #[test]
+    fn followed_types() {
+        assert!(is_followed("nginx.service"));
+        assert!(is_followed("app-gnome-org.gnome.Terminal-42.scope"));
+        assert!(!is_followed("user.slice"));
+        assert!(!is_followed("dbus.socket"));
+        assert!(!is_followed("-.mount"));
+    }
+
+    #[test]
+    fn unit_info_prefers_the_cgroup_path() {
+        let info = unit_info(
+            "app-gnome-org.gnome.Terminal-42.scope",
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-org.gnome.Terminal-42.scope",
+            Manager::User(1000),
+        );
+        assert_eq!(info.slices, ["user.slice", "user-1000.slice", "app.slice"]);
+        assert_eq!(info.user_manager.as_deref(), Some("user@1000.service"));
+        assert_eq!(info.app_id.as_deref(), Some("org.gnome.Terminal"));
+    }
+
+    #[test]
+    fn unit_info_without_cgroup_keeps_the_name() {
+        let info = unit_info(
+            "app-gnome-org.gnome.Terminal-42.scope",
+            "",
+            Manager::User(1000),
+        );
+        assert_eq!(
+            info.unit.as_deref(),
+            Some("app-gnome-org.gnome.Terminal-42.scope")
+        );
+        assert_eq!(info.user_manager.as_deref(), Some("user@1000.service"));
+        assert_eq!(info.app_id.as_deref(), Some("org.gnome.Terminal"));
+        assert!(info.slices.is_empty());
+    }
+}

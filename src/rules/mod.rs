@@ -31,8 +31,9 @@ pub mod dropin;
 pub mod model;
 pub mod parse;
 pub mod precedence;
+pub mod unit_dropin;
 
-pub use dropin::{load, load_strict, rule_directories, RuleSet};
+pub use dropin::{load, load_strict, rule_directories, unit_directories, RuleSet};
 pub use model::{
     Action, Destination, DestinationMatch, Flow, GlobPattern, InvalidDigest, Origin, PortRange,
     Protocol, Rule, Selectors, Sha256Digest, Subject, UnitSelector,
@@ -56,6 +57,9 @@ pub enum RuleError {
         #[source]
         source: io::Error,
     },
+
+    #[error("{}: invalid per-unit drop-in directory name, {reason}", path.display())]
+    InvalidDirectory { path: PathBuf, reason: String },
 
     /// Invalid content at a 1-based line and column. The column counts characters.
     #[error("{}:{line}:{column}: {kind}", file.display())]

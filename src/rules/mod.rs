@@ -3,7 +3,9 @@
 //! Rule files are TOML files named `*.toml` in three drop-in directories, searched like
 //! systemd's own configuration (see [`dropin`] for overriding and masking):
 //! `<root>/etc/slicewall/rules.d/` over `<root>/run/slicewall/rules.d/` over
-//! `<root>/usr/lib/slicewall/rules.d/`. Each file contains zero or more rules:
+//! `<root>/usr/lib/slicewall/rules.d/`. Per-unit drop-in directories such as
+//! `<root>/etc/slicewall/units/sshd.service.d/` hold rule files whose unit selector comes from
+//! the directory name (see [`unit_dropin`]). Each file contains zero or more rules:
 //!
 //! ```toml
 //! [[rule]]

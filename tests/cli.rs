@@ -100,7 +100,10 @@ fn check_names_the_bad_unit_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("{}:3:8: field `unit` is not allowed", bad.display())),
+        stderr.contains(&format!(
+            "{}:3:8: field `unit` is not allowed",
+            bad.display()
+        )),
         "error without file:line:column: {stderr}"
     );
     assert!(stderr.contains("1 error"), "{stderr}");

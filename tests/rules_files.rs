@@ -1124,3 +1124,56 @@ fn unit_rule_origin_names_the_file() {
         format!("{}:3", path.display())
     );
 }
+
+/// The mail example of slicewall.rules(5): a prefix directory, a more specific prefix directory
+/// with a file of the same name, and a mask for one application.
+#[test]
+fn manual_mail_example() {
+    let root = Root::new();
+    let ports = "port = [25, 465, 587]";
+    let scopes = root.write_unit(
+        Directory::Etc,
+        "app-.scope.d",
+        "50-mail.toml",
+        &rule("deny", ports),
+    );
+    let flatpak = root.write_unit(
+        Directory::Etc,
+        "app-flatpak-.scope.d",
+        "50-mail.toml",
+        &(rule(
+            "allow",
+            &format!("app = \"org.mozilla.Thunderbird\"\n{ports}"),
+        ) + &rule("deny", ports)),
+    );
+    let thunderbird = "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.mozilla.Thunderbird-5.scope";
+    let mailer = "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.example.Mailer-9.scope";
+
+    let rules = load_strict(root.path()).unwrap().rules;
+    assert_eq!(
+        decision(&rules, thunderbird, 587),
+        Some((Action::Allow, flatpak.clone()))
+    );
+    assert_eq!(
+        decision(&rules, FLATPAK_APP, 25),
+        Some((Action::Deny, flatpak.clone()))
+    );
+    assert_eq!(
+        decision(&rules, GNOME_TERMINAL, 465),
+        Some((Action::Deny, scopes))
+    );
+    assert_eq!(decision(&rules, mailer, 25), Some((Action::Deny, flatpak)));
+
+    let link = root.unit_file_path(
+        Directory::Etc,
+        "app-flatpak-org.example.Mailer-.scope.d",
+        "50-mail.toml",
+    );
+    symlink("/dev/null", &link).unwrap();
+    let rules = load_strict(root.path()).unwrap().rules;
+    assert_eq!(decision(&rules, mailer, 25), None);
+    assert_eq!(
+        decision(&rules, FLATPAK_APP, 25).map(|(action, _)| action),
+        Some(Action::Deny)
+    );
+}

@@ -142,9 +142,9 @@ fn read_file(path: &Path, errors: &mut Vec<RuleError>) -> Option<Vec<u8>> {
     }
 }
 
-/// Returns the selectors of the per-unit directories that replace the file `name` of
-/// `directory` for their units: the more specific directories with a file of that name, masked
-/// or with errors included, so that the replaced file never applies in their place.
+/// Returns the selectors of the more specific per-unit directories that contain a file `name`,
+/// which replaces the file `name` of `directory` for their units. Masked files and files with
+/// errors count too, so that the replaced file never applies in their place.
 fn overriding_directories(
     unit_files: &UnitFiles,
     directory: &UnitDirectory,

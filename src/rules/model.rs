@@ -281,9 +281,10 @@ pub struct Selectors {
     pub exe: Option<PathBuf>,
     pub sha256: Option<Sha256Digest>,
     pub user: Option<u32>,
-    /// Units the rule does not apply to even when every other selector matches: a rule from a
+    /// Units the rule does not apply to, even when every other selector matches. A rule from a
     /// per-unit drop-in file lists here the more specific drop-in directories that contain a
-    /// file of the same name, which replaces it for their units. No rule file key sets it.
+    /// file of the same name, because that file replaces it for their units. No rule file key
+    /// sets it.
     pub except: Vec<UnitSelector>,
 }
 

@@ -20,7 +20,8 @@ use ipnet::IpNet;
 
 use crate::kernel::abi::{self, Candidate, List};
 
-use crate::rules::{rank, Action, Protocol, Rule};
+use crate::rules::{rank, Action, Protocol, Rule, Selectors, Subject};
+use crate::unit::UnitInfo;
 
 /// One rule with the identifier the gate reports when the rule decides a flow.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +33,47 @@ pub struct NumberedRule<'a> {
     /// so it is marked [`abi::CANDIDATE_NEEDS_EXE`], and a flow it would decide goes to the
     /// daemon.
     pub needs_exe: bool,
+}
+
+/// Returns the indexes of the rules in the policy of one identity: the rules with selectors,
+/// all of which match `subject` (`except` included). Rules without selectors are in the global
+/// policy instead.
+pub fn identity_rule_indexes(rules: &[Rule], subject: &Subject<'_>) -> Vec<usize> {
+    (0..rules.len())
+        .filter(|&index| {
+            let selectors = &rules[index].selectors;
+            !selectors.is_empty() && selectors.matches(subject)
+        })
+        .collect()
+}
+
+/// Returns the indexes of the rules in the policy for processes of `unit` and `uid` whose
+/// executable is not known yet: the rules with selectors whose selectors other than `exe` and
+/// `sha256` match. Compile it with [`NumberedRule::needs_exe`] set from [`names_executable`].
+pub fn unit_rule_indexes(rules: &[Rule], unit: &UnitInfo, uid: u32) -> Vec<usize> {
+    let subject = Subject {
+        unit,
+        exe: None,
+        sha256: None,
+        uid,
+    };
+    (0..rules.len())
+        .filter(|&index| {
+            let selectors = &rules[index].selectors;
+            let without_exe = Selectors {
+                exe: None,
+                sha256: None,
+                ..selectors.clone()
+            };
+            !selectors.is_empty() && without_exe.matches(&subject)
+        })
+        .collect()
+}
+
+/// Checks whether a rule names an executable (`exe` or `sha256`), so that it may or may not
+/// apply to a process whose executable is not known yet.
+pub fn names_executable(rule: &Rule) -> bool {
+    rule.selectors.exe.is_some() || rule.selectors.sha256.is_some()
 }
 
 /// An address prefix as the gate's LPM trie keys it: a family, then the address bits. IPv4 and

@@ -65,6 +65,51 @@ fn check_names_the_bad_place() {
 }
 
 #[test]
+fn check_names_the_bad_unit_file() {
+    let root = tempfile::tempdir().unwrap();
+    let good = root
+        .path()
+        .join("usr/lib/slicewall/units/user-.slice.d/10-web.toml");
+    std::fs::create_dir_all(good.parent().unwrap()).unwrap();
+    std::fs::write(&good, "[[rule]]\naction = \"allow\"\nport = 443\n").unwrap();
+
+    let check = || {
+        Command::new(slicewallctl())
+            .arg("check")
+            .arg("--root")
+            .arg(root.path())
+            .output()
+            .unwrap()
+    };
+    let output = check();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains(&good.display().to_string()), "{stdout}");
+    assert!(stdout.contains("1 rules in 1 files: ok"), "{stdout}");
+
+    let bad = root
+        .path()
+        .join("etc/slicewall/units/sshd.service.d/20-ssh.toml");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(
+        &bad,
+        "[[rule]]\naction = \"deny\"\nunit = \"sshd.service\"\n",
+    )
+    .unwrap();
+    let output = check();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:8: field `unit` is not allowed",
+            bad.display()
+        )),
+        "error without file:line:column: {stderr}"
+    );
+    assert!(stderr.contains("1 error"), "{stderr}");
+}
+
+#[test]
 fn hash_matches_sha256sum() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("program");

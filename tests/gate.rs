@@ -261,6 +261,74 @@ fn unit_glob_and_app_rules() {
     assert_eq!(tracker_record["SLICEWALL_VERDICT"], "deny");
 }
 
+/// Rules from per-unit drop-in directories reach the kernel: a prefix directory denies, a mask
+/// in a more specific directory exempts one application, and a reload with a bad per-unit file
+/// keeps the rules in force.
+#[test]
+fn per_unit_directories_decide_flows() {
+    require_lab!();
+    let mut lab = Lab::new("");
+    let units = lab.root.path().join("etc/slicewall/units");
+    let scopes = units.join("app-gnome-.scope.d");
+    fs::create_dir_all(&scopes).unwrap();
+    let deny_file = scopes.join("50-net.toml");
+    fs::write(
+        &deny_file,
+        format!("[[rule]]\naction = \"deny\"\naddress = \"{SERVER_V4}\"\n"),
+    )
+    .unwrap();
+    let editor_directory = units.join("app-gnome-org.example.Editor-.scope.d");
+    fs::create_dir_all(&editor_directory).unwrap();
+    symlink("/dev/null", editor_directory.join("50-net.toml")).unwrap();
+    lab.start(&[]);
+
+    let tracker = lab.cgroup.child("app-gnome-org.example.Tracker-4242.scope");
+    let editor = lab.cgroup.child("app-gnome-org.example.Editor-5.scope");
+    let service = lab.cgroup.child("plain.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    let tcp = ["--wait-ms", SETTLE, "tcp", target.as_str()];
+
+    assert_eq!(lab.probe(&tracker, &tcp), vec![DENIED], "prefix directory");
+    assert_eq!(
+        lab.probe(&editor, &tcp),
+        vec!["ok"],
+        "masked for the editor"
+    );
+    assert_eq!(lab.probe(&service, &tcp), vec!["ok"], "other unit type");
+
+    let rule = format!("{}:1", deny_file.display());
+    lab.daemon()
+        .wait_for_audit(Duration::from_secs(5), "the tracker's deny", |records| {
+            records.iter().any(|record| {
+                record.get("SLICEWALL_UNIT").map(String::as_str)
+                    == Some("app-gnome-org.example.Tracker-4242.scope")
+                    && record.get("SLICEWALL_RULE") == Some(&rule)
+            })
+        });
+
+    let service_directory = units.join("plain.service.d");
+    fs::create_dir_all(&service_directory).unwrap();
+    let service_file = service_directory.join("10-deny.toml");
+    fs::write(
+        &service_file,
+        "[[rule]]\naction = \"deny\"\nunit = \"plain.service\"\n",
+    )
+    .unwrap();
+    let outcome = lab.reload();
+    assert!(outcome.contains("rejected the reload"), "{outcome}");
+    assert!(
+        outcome.contains(&format!("{}:3:8", service_file.display())),
+        "{outcome}"
+    );
+    assert_eq!(lab.probe(&tracker, &tcp), vec![DENIED], "previous rules");
+    assert_eq!(lab.probe(&service, &tcp), vec!["ok"], "previous rules");
+
+    fs::write(&service_file, "[[rule]]\naction = \"deny\"\n").unwrap();
+    assert!(lab.reload().contains("reloaded"));
+    assert_eq!(lab.probe(&service, &tcp), vec![DENIED], "exact directory");
+    assert_eq!(lab.probe(&editor, &tcp), vec!["ok"], "still masked");
+}
+
 /// Precedence is total, so the verdicts must not change when the files trade names.
 #[test]
 fn verdicts_do_not_depend_on_file_names() {

@@ -1,13 +1,15 @@
 //! Loads rule files from drop-in directories laid out in temporary roots: overriding, masking,
 //! file selection and order, error reporting, and decisions that must not depend on file names.
+//! The per-unit drop-in directories get the same checks, plus the kinds of directory name and
+//! overriding between directories of different specificity.
 
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use slicewall::rules::{
-    decide, load, load_strict, rule_directories, Action, Flow, ParseErrorKind, Protocol, Rule,
-    RuleError, Sha256Digest, Subject,
+    decide, load, load_strict, rule_directories, unit_directories, Action, Flow, ParseErrorKind,
+    Protocol, Rule, RuleError, Sha256Digest, Subject,
 };
 use slicewall::unit::{parse_cgroup_path, UnitInfo};
 use tempfile::TempDir;
@@ -26,6 +28,15 @@ impl Directory {
             Directory::Etc => "etc/slicewall/rules.d",
             Directory::Run => "run/slicewall/rules.d",
             Directory::UsrLib => "usr/lib/slicewall/rules.d",
+        }
+    }
+
+    /// Returns the directory that contains the per-unit drop-in directories.
+    fn units_path(self) -> &'static str {
+        match self {
+            Directory::Etc => "etc/slicewall/units",
+            Directory::Run => "run/slicewall/units",
+            Directory::UsrLib => "usr/lib/slicewall/units",
         }
     }
 }
@@ -61,6 +72,29 @@ impl Root {
     fn symlink(&self, directory: Directory, name: &str, target: &Path) -> PathBuf {
         let path = self.file_path(directory, name);
         symlink(target, &path).expect("create symbolic link");
+        path
+    }
+}
+
+impl Root {
+    fn unit_file_path(&self, directory: Directory, unit_directory: &str, name: &str) -> PathBuf {
+        let directory = self
+            .path()
+            .join(directory.units_path())
+            .join(unit_directory);
+        fs::create_dir_all(&directory).expect("create per-unit directory");
+        directory.join(name)
+    }
+
+    fn write_unit(
+        &self,
+        directory: Directory,
+        unit_directory: &str,
+        name: &str,
+        content: &str,
+    ) -> PathBuf {
+        let path = self.unit_file_path(directory, unit_directory, name);
+        fs::write(&path, content).expect("write per-unit rule file");
         path
     }
 }
@@ -474,4 +508,672 @@ fn next_permutation(items: &mut [usize]) -> bool {
     items.swap(pivot, successor);
     items[pivot + 1..].reverse();
     true
+}
+
+const FLATPAK_APP: &str =
+    "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.foo.App-12.scope";
+const FLATPAK_OTHER: &str =
+    "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.bar.Game-7.scope";
+const GNOME_TERMINAL: &str =
+    "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-org.gnome.Terminal-3.scope";
+const OTHER_USER_APP: &str =
+    "/user.slice/user-1001.slice/user@1001.service/app.slice/app-flatpak-org.foo.App-12.scope";
+const SSHD: &str = "/system.slice/sshd.service";
+
+/// Decides a TCP flow to 192.0.2.1 on `port` for a process of uid 1000 in `cgroup`. Returns the
+/// action and the file of the deciding rule.
+fn decision(rules: &[Rule], cgroup: &str, port: u16) -> Option<(Action, PathBuf)> {
+    let unit = parse_cgroup_path(cgroup);
+    let subject = Subject {
+        unit: &unit,
+        exe: None,
+        sha256: None,
+        uid: 1000,
+    };
+    let flow = Flow {
+        protocol: Protocol::Tcp,
+        address: "192.0.2.1".parse().unwrap(),
+        port,
+    };
+    decide(rules, &subject, &flow).map(|rule| (rule.action, rule.origin.file.clone()))
+}
+
+/// Returns the ports that some rule decides for a process in `cgroup`, out of `ports`.
+fn decided_ports(rules: &[Rule], cgroup: &str, ports: &[u16]) -> Vec<u16> {
+    ports
+        .iter()
+        .copied()
+        .filter(|&port| decision(rules, cgroup, port).is_some())
+        .collect()
+}
+
+#[test]
+fn unit_directories_in_precedence_order() {
+    assert_eq!(
+        unit_directories(Path::new("/srv/image")),
+        [
+            PathBuf::from("/srv/image/etc/slicewall/units"),
+            PathBuf::from("/srv/image/run/slicewall/units"),
+            PathBuf::from("/srv/image/usr/lib/slicewall/units"),
+        ]
+    );
+}
+
+#[test]
+fn exact_unit_directory() {
+    let root = Root::new();
+    let sshd = root.write_unit(
+        Directory::Etc,
+        "sshd.service.d",
+        "10-ssh.toml",
+        &rule("deny", "port = 22"),
+    );
+    let manager = root.write_unit(
+        Directory::UsrLib,
+        "user@1000.service.d",
+        "10-proxy.toml",
+        &rule("allow", "port = 3128"),
+    );
+    let terminal = root.write_unit(
+        Directory::Run,
+        "app-gnome-org.gnome.Terminal-3.scope.d",
+        "10-web.toml",
+        &rule("allow", "port = 443"),
+    );
+
+    let rule_set = load_strict(root.path()).unwrap();
+    // Sorted by directory name: '-' sorts before 's' and 'u'.
+    assert_eq!(
+        rule_set.files,
+        [terminal.clone(), sshd.clone(), manager.clone()]
+    );
+    assert_eq!(
+        decision(&rule_set.rules, SSHD, 22),
+        Some((Action::Deny, sshd))
+    );
+    assert_eq!(
+        decision(&rule_set.rules, "/system.slice/cron.service", 22),
+        None
+    );
+
+    // user@1000.service.d covers every unit of that user manager, like unit = "user@1000.service".
+    assert_eq!(
+        decision(&rule_set.rules, FLATPAK_APP, 3128),
+        Some((Action::Allow, manager.clone()))
+    );
+    assert_eq!(
+        decision(
+            &rule_set.rules,
+            "/user.slice/user-1000.slice/user@1000.service",
+            3128
+        ),
+        Some((Action::Allow, manager))
+    );
+    assert_eq!(decision(&rule_set.rules, OTHER_USER_APP, 3128), None);
+
+    assert_eq!(
+        decision(&rule_set.rules, GNOME_TERMINAL, 443),
+        Some((Action::Allow, terminal))
+    );
+    assert_eq!(decision(&rule_set.rules, FLATPAK_APP, 443), None);
+}
+
+#[test]
+fn unit_rule_ranks_like_unit_key() {
+    let root = Root::new();
+    root.write_unit(
+        Directory::Etc,
+        "sshd.service.d",
+        "10-ssh.toml",
+        &rule("allow", "user = 1000"),
+    );
+    root.write(
+        Directory::Etc,
+        "10-same.toml",
+        &rule("deny", "unit = \"sshd.service\"\nuser = 1000"),
+    );
+    let rule_set = load_strict(root.path()).unwrap();
+    let levels: Vec<u8> = rule_set
+        .rules
+        .iter()
+        .map(|rule| rule.selectors.identity_level())
+        .collect();
+    assert_eq!(levels, [5, 5]);
+    // Equal rank but for the action, so deny wins the tie as it would in one rules.d file.
+    assert_eq!(
+        decision(&rule_set.rules, SSHD, 22).map(|(action, _)| action),
+        Some(Action::Deny)
+    );
+}
+
+#[test]
+fn prefix_directories_at_several_levels() {
+    let root = Root::new();
+    root.write_unit(
+        Directory::Etc,
+        "app-.scope.d",
+        "10-a.toml",
+        &rule("deny", "port = 1"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        "app-flatpak-.scope.d",
+        "20-b.toml",
+        &rule("deny", "port = 2"),
+    );
+    root.write_unit(
+        Directory::Run,
+        "app-flatpak-org.foo.App-.scope.d",
+        "30-c.toml",
+        &rule("deny", "port = 3"),
+    );
+    root.write_unit(
+        Directory::UsrLib,
+        "app-flatpak-org.foo.App-12.scope.d",
+        "40-d.toml",
+        &rule("deny", "port = 4"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        "app-.service.d",
+        "50-e.toml",
+        &rule("deny", "port = 5"),
+    );
+
+    let rules = load_strict(root.path()).unwrap().rules;
+    let all = [1, 2, 3, 4, 5];
+    assert_eq!(decided_ports(&rules, FLATPAK_APP, &all), [1, 2, 3, 4]);
+    assert_eq!(decided_ports(&rules, FLATPAK_OTHER, &all), [1, 2]);
+    assert_eq!(decided_ports(&rules, GNOME_TERMINAL, &all), [1]);
+    assert_eq!(
+        decided_ports(&rules, "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-org.gnome.Nautilus@3.service", &all),
+        [5]
+    );
+    assert_eq!(decided_ports(&rules, SSHD, &all), Vec::<u16>::new());
+}
+
+#[test]
+fn slice_and_slice_prefix_directories() {
+    let root = Root::new();
+    root.write_unit(
+        Directory::Etc,
+        "user.slice.d",
+        "10-a.toml",
+        &rule("deny", "port = 1"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        "user-1000.slice.d",
+        "20-b.toml",
+        &rule("deny", "port = 2"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        "user-.slice.d",
+        "30-c.toml",
+        &rule("deny", "port = 3"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        "app.slice.d",
+        "40-d.toml",
+        &rule("deny", "port = 4"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        "-.slice.d",
+        "50-e.toml",
+        &rule("deny", "port = 5"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        "system-.slice.d",
+        "60-f.toml",
+        &rule("deny", "port = 6"),
+    );
+
+    let rules = load_strict(root.path()).unwrap().rules;
+    let all = [1, 2, 3, 4, 5, 6];
+    assert_eq!(decided_ports(&rules, FLATPAK_APP, &all), [1, 2, 3, 4, 5]);
+    assert_eq!(decided_ports(&rules, OTHER_USER_APP, &all), [1, 3, 4, 5]);
+    assert_eq!(decided_ports(&rules, SSHD, &all), [5]);
+    assert_eq!(
+        decided_ports(
+            &rules,
+            "/system.slice/system-getty.slice/getty@tty1.service",
+            &all
+        ),
+        [5, 6]
+    );
+    // The root slice applies to a process without a unit as well.
+    assert_eq!(decided_ports(&rules, "/", &all), [5]);
+}
+
+#[test]
+fn unit_file_overrides_across_roots() {
+    let root = Root::new();
+    root.write_unit(
+        Directory::UsrLib,
+        "sshd.service.d",
+        "10-ssh.toml",
+        &(rule("deny", "port = 80") + &rule("deny", "port = 81")),
+    );
+    let run = root.write_unit(
+        Directory::Run,
+        "sshd.service.d",
+        "10-ssh.toml",
+        &rule("deny", "port = 82"),
+    );
+    // The same file name in another directory is a different file.
+    let other = root.write_unit(
+        Directory::UsrLib,
+        "cron.service.d",
+        "10-ssh.toml",
+        &rule("deny", "port = 83"),
+    );
+    // And a rules.d file of that name is unrelated too.
+    let global = root.write(Directory::UsrLib, "10-ssh.toml", &rule("deny", "port = 84"));
+
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(rule_set.files, [global, other, run.clone()]);
+    assert_eq!(ports(&rule_set.rules), [84, 83, 82]);
+
+    let etc = root.write_unit(
+        Directory::Etc,
+        "sshd.service.d",
+        "10-ssh.toml",
+        &rule("allow", "port = 85"),
+    );
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(ports(&rule_set.rules), [84, 83, 85]);
+    assert_eq!(rule_set.files[2], etc);
+    assert!(!rule_set.files.contains(&run));
+}
+
+#[test]
+fn specific_directory_overrides_same_name_for_its_units_only() {
+    let root = Root::new();
+    let everything = root.write_unit(
+        Directory::UsrLib,
+        "-.slice.d",
+        "50-net.toml",
+        &rule("deny", "port = 80"),
+    );
+    let users = root.write_unit(
+        Directory::UsrLib,
+        "user-.slice.d",
+        "50-net.toml",
+        &rule("deny", "port = 80\npriority = 1"),
+    );
+    let apps = root.write_unit(
+        Directory::UsrLib,
+        "app-.scope.d",
+        "50-net.toml",
+        &rule("ask", "port = 80"),
+    );
+    let flatpak = root.write_unit(
+        Directory::Etc,
+        "app-flatpak-.scope.d",
+        "50-net.toml",
+        &rule("allow", "port = 80"),
+    );
+    let manager = root.write_unit(
+        Directory::Etc,
+        "user@1000.service.d",
+        "50-net.toml",
+        &rule("deny", "port = 80\npriority = 2"),
+    );
+
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(rule_set.files.len(), 5);
+
+    // Each unit gets the file of its most specific directory and no other 50-net.toml, even
+    // where a less specific one has a higher priority.
+    assert_eq!(
+        decision(&rule_set.rules, FLATPAK_APP, 80),
+        Some((Action::Allow, flatpak))
+    );
+    assert_eq!(
+        decision(&rule_set.rules, GNOME_TERMINAL, 80),
+        Some((Action::Ask, apps))
+    );
+    assert_eq!(
+        decision(
+            &rule_set.rules,
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/dbus.service",
+            80
+        ),
+        Some((Action::Deny, manager))
+    );
+    assert_eq!(
+        decision(
+            &rule_set.rules,
+            "/user.slice/user-1001.slice/session-4.scope",
+            80
+        ),
+        Some((Action::Deny, users))
+    );
+    assert_eq!(
+        decision(&rule_set.rules, SSHD, 80),
+        Some((Action::Deny, everything))
+    );
+
+    // The replaced rules name the directories that replace them.
+    let slice_rule = rule_set
+        .rules
+        .iter()
+        .find(|rule| rule.origin.file.ends_with("-.slice.d/50-net.toml"))
+        .unwrap();
+    assert_eq!(
+        slice_rule.selectors.except.len(),
+        4,
+        "{:?}",
+        slice_rule.selectors
+    );
+    let flatpak_rule = rule_set
+        .rules
+        .iter()
+        .find(|rule| {
+            rule.origin
+                .file
+                .ends_with("app-flatpak-.scope.d/50-net.toml")
+        })
+        .unwrap();
+    assert!(flatpak_rule.selectors.except.is_empty());
+}
+
+#[test]
+fn empty_unit_file_masks_for_its_units() {
+    let root = Root::new();
+    root.write_unit(
+        Directory::UsrLib,
+        "app-.scope.d",
+        "50-net.toml",
+        &rule("deny", "port = 80"),
+    );
+    root.write_unit(Directory::Etc, "app-flatpak-.scope.d", "50-net.toml", "");
+    root.write_unit(
+        Directory::UsrLib,
+        "app-.scope.d",
+        "60-mail.toml",
+        &rule("deny", "port = 25"),
+    );
+    root.write_unit(Directory::Etc, "app-.scope.d", "60-mail.toml", "");
+
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(rule_set.files.len(), 1, "{:?}", rule_set.files);
+    assert_eq!(
+        decided_ports(&rule_set.rules, FLATPAK_APP, &[25, 80]),
+        Vec::<u16>::new()
+    );
+    assert_eq!(
+        decided_ports(&rule_set.rules, GNOME_TERMINAL, &[25, 80]),
+        [80]
+    );
+}
+
+#[test]
+fn dev_null_unit_file_masks_for_its_units() {
+    let root = Root::new();
+    root.write_unit(
+        Directory::UsrLib,
+        "user.slice.d",
+        "50-net.toml",
+        &rule("deny", "port = 80"),
+    );
+    let link = root.unit_file_path(Directory::Run, "user@1000.service.d", "50-net.toml");
+    symlink("/dev/null", &link).unwrap();
+    root.write_unit(
+        Directory::UsrLib,
+        "sshd.service.d",
+        "60-ssh.toml",
+        &rule("deny", "port = 22"),
+    );
+    let link = root.unit_file_path(Directory::Etc, "sshd.service.d", "60-ssh.toml");
+    symlink("/dev/null", &link).unwrap();
+
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(
+        decided_ports(&rule_set.rules, FLATPAK_APP, &[22, 80]),
+        Vec::<u16>::new()
+    );
+    assert_eq!(
+        decided_ports(&rule_set.rules, OTHER_USER_APP, &[22, 80]),
+        [80]
+    );
+    assert_eq!(
+        decided_ports(&rule_set.rules, SSHD, &[22, 80]),
+        Vec::<u16>::new()
+    );
+}
+
+#[test]
+fn broken_specific_file_still_replaces() {
+    let root = Root::new();
+    root.write_unit(
+        Directory::UsrLib,
+        "app-.scope.d",
+        "50-net.toml",
+        &rule("deny", "port = 80"),
+    );
+    let broken = root.write_unit(
+        Directory::Etc,
+        "app-flatpak-.scope.d",
+        "50-net.toml",
+        "[[rule]]\naction = \"block\"\n",
+    );
+
+    let (rule_set, errors) = load(root.path());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0]
+        .to_string()
+        .starts_with(&format!("{}:2:10: ", broken.display())));
+    // The less specific file must not apply in place of the file the administrator wrote.
+    assert_eq!(
+        decided_ports(&rule_set.rules, FLATPAK_APP, &[80]),
+        Vec::<u16>::new()
+    );
+    assert_eq!(decided_ports(&rule_set.rules, GNOME_TERMINAL, &[80]), [80]);
+}
+
+#[test]
+fn unit_key_in_unit_file_is_error() {
+    let root = Root::new();
+    let good = root.write_unit(
+        Directory::Etc,
+        "sshd.service.d",
+        "10-a.toml",
+        &rule("deny", "port = 1"),
+    );
+    let bad = root.write_unit(
+        Directory::Etc,
+        "sshd.service.d",
+        "20-b.toml",
+        "[[rule]]\naction = \"deny\"\nport = 2\nunit = \"cron.service\"\n",
+    );
+
+    let (rule_set, errors) = load(root.path());
+    assert_eq!(rule_set.files, [good]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].to_string(),
+        format!(
+            "{}:4:8: field `unit` is not allowed in a per-unit drop-in file, because its directory sshd.service.d already names the unit",
+            bad.display()
+        )
+    );
+    assert!(matches!(
+        &errors[0],
+        RuleError::Invalid {
+            line: 4,
+            column: 8,
+            kind: ParseErrorKind::UnitInDropIn { .. },
+            ..
+        }
+    ));
+
+    // A reload rejects the whole set, so the daemon keeps its previous rules.
+    let strict_errors = load_strict(root.path()).unwrap_err();
+    assert_eq!(strict_errors.len(), 1);
+}
+
+#[test]
+fn invalid_directory_names_are_errors() {
+    let root = Root::new();
+    let content = rule("deny", "port = 9");
+    root.write_unit(
+        Directory::Etc,
+        "sshd.service.d",
+        "10-a.toml",
+        &rule("deny", "port = 1"),
+    );
+    root.write_unit(Directory::Etc, "backup.timer.d", "10-a.toml", &content);
+    root.write_unit(Directory::Run, "getty@.service.d", "10-a.toml", &content);
+    root.write_unit(Directory::UsrLib, "sshd.service", "10-a.toml", &content);
+    root.write_unit(Directory::UsrLib, "app-*.scope.d", "10-a.toml", &content);
+    // Plain files and hidden directories beside the drop-in directories are skipped.
+    fs::write(root.path().join("etc/slicewall/units/README"), "notes").unwrap();
+    root.write_unit(Directory::Etc, ".sshd.service.d", "10-a.toml", &content);
+
+    let (rule_set, errors) = load(root.path());
+    assert_eq!(ports(&rule_set.rules), [1]);
+    let mut messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    messages.sort();
+    let units = |directory: Directory| root.path().join(directory.units_path());
+    let expected = [
+        format!(
+            "{}: invalid per-unit drop-in directory name, \"backup.timer\" is not a valid unit name: expected a name ending in .service, .scope, .socket, .mount, .swap or .slice, the unit types that hold processes",
+            units(Directory::Etc).join("backup.timer.d").display()
+        ),
+        format!(
+            "{}: invalid per-unit drop-in directory name, \"getty@.service\" is a unit template, and drop-in directories for templates are not supported, name each instance such as \"getty@1.service.d\"",
+            units(Directory::Run).join("getty@.service.d").display()
+        ),
+        format!(
+            "{}: invalid per-unit drop-in directory name, \"app-*.scope\" is not a valid unit name: unit names contain only ASCII letters, digits and \":-_.\\@\" (write other characters with systemd-escape)",
+            units(Directory::UsrLib).join("app-*.scope.d").display()
+        ),
+        format!(
+            "{}: invalid per-unit drop-in directory name, expected a unit name followed by \".d\", such as \"sshd.service.d\"",
+            units(Directory::UsrLib).join("sshd.service").display()
+        ),
+    ];
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(messages, expected);
+    assert!(errors
+        .iter()
+        .all(|error| matches!(error, RuleError::InvalidDirectory { .. })));
+    assert_eq!(load_strict(root.path()).unwrap_err().len(), 4);
+}
+
+#[test]
+fn only_toml_files_in_unit_directory_count() {
+    let root = Root::new();
+    let directory = "sshd.service.d";
+    root.write_unit(
+        Directory::Etc,
+        directory,
+        "10-a.toml",
+        &rule("deny", "port = 1"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        directory,
+        "20-b.conf",
+        &rule("deny", "port = 2"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        directory,
+        "30-c.toml~",
+        &rule("deny", "port = 3"),
+    );
+    root.write_unit(
+        Directory::Etc,
+        directory,
+        ".40-d.toml",
+        &rule("deny", "port = 4"),
+    );
+    root.write_unit(Directory::Etc, directory, "README", "not TOML");
+    fs::create_dir_all(root.unit_file_path(Directory::Etc, directory, "50-e.toml")).unwrap();
+    root.write_unit(
+        Directory::UsrLib,
+        directory,
+        "50-e.toml",
+        &rule("deny", "port = 5"),
+    );
+
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(ports(&rule_set.rules), [1, 5]);
+    assert_eq!(rule_set.files.len(), 2);
+}
+
+#[test]
+fn unit_rule_origin_names_the_file() {
+    let root = Root::new();
+    let path = root.write_unit(
+        Directory::Etc,
+        "sshd.service.d",
+        "10-a.toml",
+        &format!("# comment\n\n{}", rule("deny", "port = 1")),
+    );
+    let rule_set = load_strict(root.path()).unwrap();
+    assert_eq!(
+        rule_set.rules[0].origin.to_string(),
+        format!("{}:3", path.display())
+    );
+}
+
+/// The mail example of slicewall.rules(5): a prefix directory, a more specific prefix directory
+/// with a file of the same name, and a mask for one application.
+#[test]
+fn manual_mail_example() {
+    let root = Root::new();
+    let ports = "port = [25, 465, 587]";
+    let scopes = root.write_unit(
+        Directory::Etc,
+        "app-.scope.d",
+        "50-mail.toml",
+        &rule("deny", ports),
+    );
+    let flatpak = root.write_unit(
+        Directory::Etc,
+        "app-flatpak-.scope.d",
+        "50-mail.toml",
+        &(rule(
+            "allow",
+            &format!("app = \"org.mozilla.Thunderbird\"\n{ports}"),
+        ) + &rule("deny", ports)),
+    );
+    let thunderbird = "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.mozilla.Thunderbird-5.scope";
+    let mailer = "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.example.Mailer-9.scope";
+
+    let rules = load_strict(root.path()).unwrap().rules;
+    assert_eq!(
+        decision(&rules, thunderbird, 587),
+        Some((Action::Allow, flatpak.clone()))
+    );
+    assert_eq!(
+        decision(&rules, FLATPAK_APP, 25),
+        Some((Action::Deny, flatpak.clone()))
+    );
+    assert_eq!(
+        decision(&rules, GNOME_TERMINAL, 465),
+        Some((Action::Deny, scopes))
+    );
+    assert_eq!(decision(&rules, mailer, 25), Some((Action::Deny, flatpak)));
+
+    let link = root.unit_file_path(
+        Directory::Etc,
+        "app-flatpak-org.example.Mailer-.scope.d",
+        "50-mail.toml",
+    );
+    symlink("/dev/null", &link).unwrap();
+    let rules = load_strict(root.path()).unwrap().rules;
+    assert_eq!(decision(&rules, mailer, 25), None);
+    assert_eq!(
+        decision(&rules, FLATPAK_APP, 25).map(|(action, _)| action),
+        Some(Action::Deny)
+    );
 }

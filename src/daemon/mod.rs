@@ -215,7 +215,7 @@ impl Daemon {
         let (rule_set, errors) = rules::load(&options.root);
         let mut degraded = Vec::new();
         for error in &errors {
-            tracing::error!("{}, skipping the file", crate::error_chain(error));
+            tracing::error!("{}, skipping its rules", crate::error_chain(error));
             degraded.push(error.to_string());
         }
 

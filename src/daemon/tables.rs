@@ -10,7 +10,7 @@ use crate::exe::ExeIdentity;
 use crate::kernel::abi::{self, SubjectKey, UnitKey};
 use crate::kernel::gate::{Gate, GateError};
 use crate::policy::{self, CandidateList, NumberedRule};
-use crate::rules::{self, Action, Flow, Rule, Selectors, Subject};
+use crate::rules::{self, Action, Flow, Rule, Subject};
 use crate::unit::UnitInfo;
 
 /// Unit, executable, user and policy of one identity the gate reported.
@@ -230,12 +230,7 @@ impl Tables {
 
     /// Finds or compiles the policy of the identity-specific rules that match `subject`.
     fn policy_for(&mut self, gate: &mut Gate, subject: &Subject<'_>) -> Result<u32, GateError> {
-        let matching: Vec<usize> = (0..self.current.rules.len())
-            .filter(|&index| {
-                let selectors = &self.current.rules[index].selectors;
-                !selectors.is_empty() && selectors.matches(subject)
-            })
-            .collect();
+        let matching = policy::identity_rule_indexes(&self.current.rules, subject);
         self.policy_of(gate, &matching, false)
     }
 
@@ -248,23 +243,7 @@ impl Tables {
         unit: &UnitInfo,
         uid: u32,
     ) -> Result<u32, GateError> {
-        let subject = Subject {
-            unit,
-            exe: None,
-            sha256: None,
-            uid,
-        };
-        let matching: Vec<usize> = (0..self.current.rules.len())
-            .filter(|&index| {
-                let selectors = &self.current.rules[index].selectors;
-                let without_exe = Selectors {
-                    exe: None,
-                    sha256: None,
-                    ..selectors.clone()
-                };
-                !selectors.is_empty() && without_exe.matches(&subject)
-            })
-            .collect();
+        let matching = policy::unit_rule_indexes(&self.current.rules, unit, uid);
         self.policy_of(gate, &matching, true)
     }
 
@@ -320,8 +299,7 @@ impl Tables {
                 NumberedRule {
                     id: self.current.ids[index],
                     rule,
-                    needs_exe: mark_exe_rules
-                        && (rule.selectors.exe.is_some() || rule.selectors.sha256.is_some()),
+                    needs_exe: mark_exe_rules && policy::names_executable(rule),
                 }
             })
             .collect();

@@ -7,7 +7,7 @@ use super::*;
 use crate::rules::{
     decide, Destination, Flow, Origin, PortRange, Selectors, Subject, UnitSelector,
 };
-use crate::unit::parse_cgroup_path;
+use crate::unit::{parse_cgroup_path, UnitInfo};
 
 const ASK: u8 = abi::VERDICT_DENY;
 
@@ -184,8 +184,71 @@ fn shadowed_candidates_are_dropped_and_long_lists_overflow() {
     );
 }
 
+/// Cgroup paths of the subjects in the randomized tests: units that the unit selectors of
+/// [`random_unit_selectors`] match in different combinations.
+const SUBJECT_CGROUPS: [&str; 5] = [
+    "/system.slice/app.service",
+    "/system.slice/other.service",
+    "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.foo.App-12.scope",
+    "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-org.gnome.Terminal-3.scope",
+    "/user.slice/user-1001.slice/user@1001.service/app.slice/app-flatpak-org.foo.App-12.scope",
+];
+
+/// Unit selectors of every kind, including those that per-unit drop-in directories produce.
+fn unit_selector_pool() -> [UnitSelector; 9] {
+    [
+        UnitSelector::Exact("app.service".into()),
+        UnitSelector::Exact("app-flatpak-org.foo.App-12.scope".into()),
+        UnitSelector::Exact("user@1000.service".into()),
+        UnitSelector::Prefix("app-.scope".into()),
+        UnitSelector::Prefix("app-flatpak-.scope".into()),
+        UnitSelector::Prefix("user-.slice".into()),
+        UnitSelector::Slice("system.slice".into()),
+        UnitSelector::Slice("user.slice".into()),
+        UnitSelector::Slice("-.slice".into()),
+    ]
+}
+
+/// Gives a rule a random unit selector, or none, and sometimes units it excludes, as a rule
+/// from a per-unit drop-in file replaced by more specific directories has.
+fn random_unit_selectors(random: &mut fastrand::Rng, selectors: &mut Selectors) {
+    let pool = unit_selector_pool();
+    if random.bool() {
+        selectors.unit = Some(pool[random.usize(0..pool.len())].clone());
+    }
+    if random.usize(0..3) == 0 {
+        selectors.except = (0..random.usize(1..3))
+            .map(|_| pool[random.usize(0..pool.len())].clone())
+            .collect();
+    }
+}
+
+/// Counts the (rule, subject) pairs in which `except` alone keeps the rule from applying, to
+/// show that the randomized rules exercise it.
+fn count_exclusions(rules: &[Rule], units: &[UnitInfo]) -> usize {
+    let mut count = 0;
+    for rule in rules {
+        let without_except = Selectors {
+            except: Vec::new(),
+            ..rule.selectors.clone()
+        };
+        for unit in units {
+            let subject = Subject {
+                unit,
+                exe: None,
+                sha256: None,
+                uid: 1000,
+            };
+            if without_except.matches(&subject) && !rule.selectors.matches(&subject) {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
 /// The gate's two lookups (identity policy, then global policy, best rank wins) must reach the
-/// verdict that [`decide`] reaches over all rules, for random rule sets and flows.
+/// verdict that [`decide`] reaches over all rules, for random rule sets, subjects and flows.
 #[test]
 fn compiled_tables_agree_with_decide() {
     let prefixes = [
@@ -211,14 +274,12 @@ fn compiled_tables_agree_with_decide() {
         "2001:db9::1",
     ];
     let ports = [(53, 53), (80, 80), (443, 443), (8000, 8099), (1, 1023)];
-    let unit = parse_cgroup_path("/system.slice/app.service");
-    let subject = Subject {
-        unit: &unit,
-        exe: None,
-        sha256: None,
-        uid: 0,
-    };
+    let units: Vec<UnitInfo> = SUBJECT_CGROUPS
+        .iter()
+        .map(|path| parse_cgroup_path(path))
+        .collect();
     let mut random = fastrand::Rng::with_seed(7);
+    let mut exclusions = 0;
 
     for round in 0..300 {
         let count = random.usize(1..12);
@@ -236,52 +297,76 @@ fn compiled_tables_agree_with_decide() {
                 let protocol = [Protocol::Any, Protocol::Tcp, Protocol::Udp][random.usize(0..3)];
                 let mut rule = rule(action, &chosen, &chosen_ports, protocol);
                 rule.priority = [0, 0, 0, 5, -5][random.usize(0..5)];
-                if random.bool() {
-                    rule.selectors.unit = Some(UnitSelector::Exact("app.service".into()));
-                }
+                random_unit_selectors(&mut random, &mut rule.selectors);
                 rule
             })
             .collect();
+        exclusions += count_exclusions(&rules, &units);
         let all = numbered(&rules);
-        let (identity, global): (Vec<NumberedRule<'_>>, Vec<NumberedRule<'_>>) = all
+        let global: Vec<NumberedRule<'_>> = all
             .iter()
-            .partition(|numbered| !numbered.rule.selectors.is_empty());
-        let identity = compile(&identity, ASK);
+            .filter(|numbered| numbered.rule.selectors.is_empty())
+            .copied()
+            .collect();
         let global = compile(&global, ASK);
 
-        for address in addresses {
-            for port in [53, 80, 443, 8050, 9000] {
-                for (protocol, protocol_number) in [(Protocol::Tcp, 6u8), (Protocol::Udp, 17u8)] {
-                    let address: IpAddr = address.parse().unwrap();
-                    let flow = Flow {
-                        protocol,
-                        address,
-                        port,
-                    };
-                    let expected = decide(&rules, &subject, &flow).map(|rule| match rule.action {
-                        Action::Allow => abi::VERDICT_ALLOW,
-                        _ => abi::VERDICT_DENY,
-                    });
-                    let evaluations = [
-                        identity.evaluate(address, protocol_number, port),
-                        global.evaluate(address, protocol_number, port),
-                    ];
-                    if evaluations.contains(&Evaluation::Overflow) {
-                        continue;
+        for unit in &units {
+            let subject = Subject {
+                unit,
+                exe: None,
+                sha256: None,
+                uid: 1000,
+            };
+            let identity: Vec<NumberedRule<'_>> = identity_rule_indexes(&rules, &subject)
+                .into_iter()
+                .map(|index| all[index])
+                .collect();
+            let identity = compile(&identity, ASK);
+
+            for address in addresses {
+                for port in [53, 80, 443, 8050, 9000] {
+                    for (protocol, protocol_number) in [(Protocol::Tcp, 6u8), (Protocol::Udp, 17u8)]
+                    {
+                        let address: IpAddr = address.parse().unwrap();
+                        let flow = Flow {
+                            protocol,
+                            address,
+                            port,
+                        };
+                        let expected =
+                            decide(&rules, &subject, &flow).map(|rule| match rule.action {
+                                Action::Allow => abi::VERDICT_ALLOW,
+                                _ => abi::VERDICT_DENY,
+                            });
+                        let evaluations = [
+                            identity.evaluate(address, protocol_number, port),
+                            global.evaluate(address, protocol_number, port),
+                        ];
+                        if evaluations.contains(&Evaluation::Overflow) {
+                            continue;
+                        }
+                        let best = evaluations
+                            .iter()
+                            .filter_map(|evaluation| match evaluation {
+                                Evaluation::Matched(candidate) => Some(*candidate),
+                                _ => None,
+                            })
+                            .max_by_key(|candidate| candidate.rank)
+                            .map(|candidate| candidate.verdict);
+                        assert_eq!(
+                            best, expected,
+                            "round {round}, {}, {flow:?}, rules {rules:#?}",
+                            unit.cgroup_path
+                        );
                     }
-                    let best = evaluations
-                        .iter()
-                        .filter_map(|evaluation| match evaluation {
-                            Evaluation::Matched(candidate) => Some(*candidate),
-                            _ => None,
-                        })
-                        .max_by_key(|candidate| candidate.rank)
-                        .map(|candidate| candidate.verdict);
-                    assert_eq!(best, expected, "round {round}, {flow:?}, rules {rules:#?}");
                 }
             }
         }
     }
+    assert!(
+        exclusions > 100,
+        "except decided only {exclusions} rule and subject pairs"
+    );
 }
 
 /// Until the gate has a process's executable, it evaluates the cgroup's policy, in which rules
@@ -292,9 +377,13 @@ fn unit_policy_decides_only_what_no_executable_changes() {
     let prefixes = ["192.0.2.0/24", "192.0.2.7/32", "0.0.0.0/0", "2001:db8::/32"];
     let addresses = ["192.0.2.7", "192.0.2.1", "198.51.100.3", "2001:db8::1"];
     let executables = ["/usr/bin/curl", "/usr/bin/wget"];
-    let unit = parse_cgroup_path("/system.slice/app.service");
+    let units: Vec<UnitInfo> = SUBJECT_CGROUPS
+        .iter()
+        .map(|path| parse_cgroup_path(path))
+        .collect();
     let mut random = fastrand::Rng::with_seed(11);
     let mut decided = 0;
+    let mut exclusions = 0;
 
     for round in 0..300 {
         let count = random.usize(1..8);
@@ -307,73 +396,89 @@ fn unit_policy_decides_only_what_no_executable_changes() {
                 let ports: &[(u16, u16)] = if random.bool() { &[(443, 443)] } else { &[] };
                 let mut rule = rule(action, &chosen, ports, Protocol::Any);
                 rule.priority = [0, 0, 5][random.usize(0..3)];
-                match random.usize(0..3) {
-                    0 => rule.selectors.exe = Some(PathBuf::from(executables[random.usize(0..2)])),
-                    1 => rule.selectors.unit = Some(UnitSelector::Exact("app.service".into())),
-                    _ => {}
+                if random.bool() {
+                    rule.selectors.exe = Some(PathBuf::from(executables[random.usize(0..2)]));
                 }
+                random_unit_selectors(&mut random, &mut rule.selectors);
                 rule
             })
             .collect();
+        exclusions += count_exclusions(&rules, &units);
         let numbered_rules: Vec<NumberedRule<'_>> = rules
             .iter()
             .enumerate()
             .map(|(index, rule)| NumberedRule {
                 id: index as u32 + 1,
                 rule,
-                needs_exe: rule.selectors.exe.is_some(),
+                needs_exe: names_executable(rule),
             })
             .collect();
-        let (identity, global): (Vec<NumberedRule<'_>>, Vec<NumberedRule<'_>>) = numbered_rules
+        let global: Vec<NumberedRule<'_>> = numbered_rules
             .iter()
-            .partition(|numbered| !numbered.rule.selectors.is_empty());
-        let unit_policy = compile(&identity, ASK);
+            .filter(|numbered| numbered.rule.selectors.is_empty())
+            .copied()
+            .collect();
         let global = compile(&global, ASK);
 
-        for address in addresses {
-            for port in [443, 80] {
-                let address: IpAddr = address.parse().unwrap();
-                let best = [
-                    unit_policy.evaluate(address, 6, port),
-                    global.evaluate(address, 6, port),
-                ]
-                .iter()
-                .filter_map(|evaluation| match evaluation {
-                    Evaluation::Matched(candidate) => Some(*candidate),
-                    _ => None,
-                })
-                .max_by_key(|candidate| candidate.rank);
-                if best.is_some_and(|candidate| candidate.flags & abi::CANDIDATE_NEEDS_EXE != 0) {
-                    continue;
-                }
-                decided += 1;
-                let verdict = best.map(|candidate| candidate.verdict);
-                for exe in executables {
-                    let subject = Subject {
-                        unit: &unit,
-                        exe: Some(std::path::Path::new(exe)),
-                        sha256: None,
-                        uid: 0,
-                    };
-                    let flow = Flow {
-                        protocol: Protocol::Tcp,
-                        address,
-                        port,
-                    };
-                    let expected = decide(&rules, &subject, &flow).map(|rule| match rule.action {
-                        Action::Allow => abi::VERDICT_ALLOW,
-                        _ => abi::VERDICT_DENY,
-                    });
-                    assert_eq!(
-                        verdict, expected,
-                        "round {round}, {exe}, {flow:?}, rules {rules:#?}"
-                    );
+        for unit in &units {
+            let unit_rules: Vec<NumberedRule<'_>> = unit_rule_indexes(&rules, unit, 1000)
+                .into_iter()
+                .map(|index| numbered_rules[index])
+                .collect();
+            let unit_policy = compile(&unit_rules, ASK);
+
+            for address in addresses {
+                for port in [443, 80] {
+                    let address: IpAddr = address.parse().unwrap();
+                    let best = [
+                        unit_policy.evaluate(address, 6, port),
+                        global.evaluate(address, 6, port),
+                    ]
+                    .iter()
+                    .filter_map(|evaluation| match evaluation {
+                        Evaluation::Matched(candidate) => Some(*candidate),
+                        _ => None,
+                    })
+                    .max_by_key(|candidate| candidate.rank);
+                    if best.is_some_and(|candidate| candidate.flags & abi::CANDIDATE_NEEDS_EXE != 0)
+                    {
+                        continue;
+                    }
+                    decided += 1;
+                    let verdict = best.map(|candidate| candidate.verdict);
+                    for exe in executables {
+                        let subject = Subject {
+                            unit,
+                            exe: Some(std::path::Path::new(exe)),
+                            sha256: None,
+                            uid: 1000,
+                        };
+                        let flow = Flow {
+                            protocol: Protocol::Tcp,
+                            address,
+                            port,
+                        };
+                        let expected =
+                            decide(&rules, &subject, &flow).map(|rule| match rule.action {
+                                Action::Allow => abi::VERDICT_ALLOW,
+                                _ => abi::VERDICT_DENY,
+                            });
+                        assert_eq!(
+                            verdict, expected,
+                            "round {round}, {}, {exe}, {flow:?}, rules {rules:#?}",
+                            unit.cgroup_path
+                        );
+                    }
                 }
             }
         }
     }
     assert!(
-        decided > 500,
+        decided > 2500,
         "the unit policy decided only {decided} flows"
+    );
+    assert!(
+        exclusions > 100,
+        "except decided only {exclusions} rule and subject pairs"
     );
 }

@@ -1,12 +1,23 @@
 //! Loading rule files from the drop-in directories, with systemd's precedence.
 //!
-//! Three directories are searched, highest precedence first: `<root>/etc/slicewall/rules.d/`
-//! (the administrator's), `<root>/run/slicewall/rules.d/` (runtime) and
-//! `<root>/usr/lib/slicewall/rules.d/` (the distribution's). Only files named `*.toml`, not
-//! starting with '.', count, and subdirectories are skipped. A file in a higher directory
-//! replaces the file of the same name in every lower one. An empty file, or a symbolic link to
-//! `/dev/null`, masks the name: no file of that name is read. Files apply in lexical (byte)
-//! order of their names, but [`super::precedence`] makes the verdict independent of that order.
+//! Three roots are searched, highest precedence first: `<root>/etc/slicewall/` (the
+//! administrator's), `<root>/run/slicewall/` (runtime) and `<root>/usr/lib/slicewall/` (the
+//! distribution's). In each, rule files are read from `rules.d/` and from the per-unit drop-in
+//! directories `units/<unit>.d/` (see [`super::unit_dropin`] for their names).
+//!
+//! Only files named `*.toml`, not starting with '.', count, and subdirectories are skipped. A
+//! file in a higher root replaces the file of the same name in the same directory (`rules.d`, or
+//! the per-unit directory of the same name) of every lower root. An empty file, or a symbolic
+//! link to `/dev/null`, masks the name: no file of that name is read.
+//!
+//! Among per-unit directories, a file replaces the file of the same name in every less specific
+//! directory, for the units that both directories apply to. The rules of the replaced file keep
+//! applying to the other units: they get the more specific directories in
+//! [`super::Selectors::except`]. A masked name masks it the same way.
+//!
+//! Files apply in lexical (byte) order of their names, `rules.d` first, then the per-unit
+//! directories in lexical order of directory name, but [`super::precedence`] makes the verdict
+//! independent of that order.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -16,8 +27,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::model::Rule;
-use super::parse::parse_file_bytes;
+use super::model::{Rule, UnitSelector};
+use super::parse::{parse_file_bytes, parse_unit_file_bytes};
+use super::unit_dropin::UnitDirectory;
 use super::RuleError;
 
 /// The drop-in directories relative to the root, highest precedence first.
@@ -27,15 +39,26 @@ const RULE_DIRECTORIES: [&str; 3] = [
     "usr/lib/slicewall/rules.d",
 ];
 
+/// The directories that contain the per-unit drop-in directories, highest precedence first.
+const UNIT_DIRECTORIES: [&str; 3] = [
+    "etc/slicewall/units",
+    "run/slicewall/units",
+    "usr/lib/slicewall/units",
+];
+
 /// Rules loaded from the drop-in directories.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleSet {
-    /// Rules of every file that parsed, in lexical order of file name, then in file order.
+    /// Rules of every file that parsed, in the order of `files`, then in file order.
     pub rules: Vec<Rule>,
-    /// The files whose rules are in `rules`, after overriding and masking, in lexical order of
-    /// name. Masked names and files with errors are not listed.
+    /// The files whose rules are in `rules`, after overriding and masking: those of `rules.d`
+    /// in lexical order of name, then those of the per-unit directories in lexical order of
+    /// directory name and file name. Masked names and files with errors are not listed.
     pub files: Vec<PathBuf>,
 }
+
+/// The files of each per-unit drop-in directory name, keyed by that name.
+type UnitFiles = BTreeMap<String, (UnitDirectory, BTreeMap<OsString, RuleFile>)>;
 
 /// Returns the drop-in directories under `root`, highest precedence first. The daemon can
 /// watch these for changes.
@@ -46,33 +69,92 @@ pub fn rule_directories(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Returns the directories under `root` that contain the per-unit drop-in directories, highest
+/// precedence first.
+pub fn unit_directories(root: &Path) -> Vec<PathBuf> {
+    UNIT_DIRECTORIES
+        .iter()
+        .map(|directory| root.join(directory))
+        .collect()
+}
+
 /// Loads every rule file under `root` and skips the files that fail. Returns the rules of the
 /// good files and the errors of the others, for a daemon that starts in degraded mode rather
-/// than not at all. A missing directory is not an error.
+/// than not at all. A missing directory is not an error, and a per-unit directory with an
+/// invalid name is an error that skips only that directory.
 pub fn load(root: &Path) -> (RuleSet, Vec<RuleError>) {
     let (names, mut errors) = find_rule_files(root);
+    let unit_files = find_unit_files(root, &mut errors);
 
     let mut rule_set = RuleSet::default();
     for file in names.into_values() {
         let RuleFile::Read(path) = file else {
             continue;
         };
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(source) => {
-                errors.push(RuleError::ReadFile { path, source });
+        if let Some(bytes) = read_file(&path, &mut errors) {
+            match parse_file_bytes(&path, &bytes) {
+                Ok(rules) => rule_set.add(path, rules),
+                Err(mut file_errors) => errors.append(&mut file_errors),
+            }
+        }
+    }
+
+    for (directory, files) in unit_files.values() {
+        for (name, file) in files {
+            let RuleFile::Read(path) = file else {
                 continue;
+            };
+            let Some(bytes) = read_file(path, &mut errors) else {
+                continue;
+            };
+            match parse_unit_file_bytes(path, &bytes, directory) {
+                Ok(mut rules) => {
+                    let except = overriding_directories(&unit_files, directory, name);
+                    for rule in &mut rules {
+                        rule.selectors.except.clone_from(&except);
+                    }
+                    rule_set.add(path.clone(), rules);
+                }
+                Err(mut file_errors) => errors.append(&mut file_errors),
             }
-        };
-        match parse_file_bytes(&path, &bytes) {
-            Ok(mut rules) => {
-                rule_set.rules.append(&mut rules);
-                rule_set.files.push(path);
-            }
-            Err(mut file_errors) => errors.append(&mut file_errors),
         }
     }
     (rule_set, errors)
+}
+
+impl RuleSet {
+    fn add(&mut self, file: PathBuf, mut rules: Vec<Rule>) {
+        self.rules.append(&mut rules);
+        self.files.push(file);
+    }
+}
+
+fn read_file(path: &Path, errors: &mut Vec<RuleError>) -> Option<Vec<u8>> {
+    match fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(source) => {
+            errors.push(RuleError::ReadFile {
+                path: path.to_path_buf(),
+                source,
+            });
+            None
+        }
+    }
+}
+
+/// Returns the selectors of the more specific per-unit directories that contain a file `name`,
+/// which replaces the file `name` of `directory` for their units. Masked files and files with
+/// errors count too, so that the replaced file never applies in their place.
+fn overriding_directories(
+    unit_files: &UnitFiles,
+    directory: &UnitDirectory,
+    name: &OsStr,
+) -> Vec<UnitSelector> {
+    unit_files
+        .values()
+        .filter(|(other, files)| other.outranks(directory) && files.contains_key(name))
+        .map(|(other, _)| other.selector())
+        .collect()
 }
 
 /// Loads every rule file under `root`, or returns all errors if there is any. For a reload or a
@@ -97,52 +179,117 @@ enum RuleFile {
 fn find_rule_files(root: &Path) -> (BTreeMap<OsString, RuleFile>, Vec<RuleError>) {
     let mut names = BTreeMap::new();
     let mut errors = Vec::new();
-
     for directory in rule_directories(root) {
-        let entries = match fs::read_dir(&directory) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                errors.push(RuleError::ListDirectory {
-                    path: directory,
-                    source,
-                });
-                continue;
-            }
-        };
+        collect_rule_files(&directory, &mut names, &mut errors);
+    }
+    (names, errors)
+}
 
+/// Lists the per-unit drop-in directories of all roots and, within each directory name, keeps
+/// for each file name the file in the highest root.
+fn find_unit_files(root: &Path, errors: &mut Vec<RuleError>) -> UnitFiles {
+    let mut unit_files = UnitFiles::new();
+    for base in unit_directories(root) {
+        let Some(entries) = list_directory(&base, errors) else {
+            continue;
+        };
         for entry in entries {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(source) => {
                     errors.push(RuleError::ListDirectory {
-                        path: directory.clone(),
+                        path: base.clone(),
                         source,
                     });
                     break;
                 }
             };
             let name = entry.file_name();
-            if !is_rule_file_name(&name) || names.contains_key(&name) {
+            if name.as_bytes().starts_with(b".") {
                 continue;
             }
-
             let path = entry.path();
-            match classify(&path) {
-                Ok(Some(file)) => {
-                    names.insert(name, file);
-                }
-                Ok(None) => {}
+            // Other files, such as a README, are skipped. A symbolic link to a directory counts.
+            match fs::metadata(&path) {
+                Ok(metadata) if metadata.is_dir() => {}
+                Ok(_) => continue,
                 Err(source) => {
-                    // The name stays taken, so a lower file does not silently replace a file
-                    // the administrator meant to apply.
-                    errors.push(RuleError::ReadFile { path, source });
-                    names.insert(name, RuleFile::Masked);
+                    errors.push(RuleError::ListDirectory { path, source });
+                    continue;
                 }
+            }
+            let directory = match UnitDirectory::parse(&name) {
+                Ok(directory) => directory,
+                Err(reason) => {
+                    errors.push(RuleError::InvalidDirectory { path, reason });
+                    continue;
+                }
+            };
+            let (_, files) = unit_files
+                .entry(directory.name().to_owned())
+                .or_insert_with(|| (directory, BTreeMap::new()));
+            collect_rule_files(&path, files, errors);
+        }
+    }
+    unit_files
+}
+
+/// Lists a directory. Returns `None` when it is missing, or after recording the error when it
+/// cannot be listed.
+fn list_directory(directory: &Path, errors: &mut Vec<RuleError>) -> Option<fs::ReadDir> {
+    match fs::read_dir(directory) {
+        Ok(entries) => Some(entries),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            errors.push(RuleError::ListDirectory {
+                path: directory.to_path_buf(),
+                source,
+            });
+            None
+        }
+    }
+}
+
+/// Adds the rule files of one directory to `names`, except names already taken by a higher
+/// directory.
+fn collect_rule_files(
+    directory: &Path,
+    names: &mut BTreeMap<OsString, RuleFile>,
+    errors: &mut Vec<RuleError>,
+) {
+    let Some(entries) = list_directory(directory, errors) else {
+        return;
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(source) => {
+                errors.push(RuleError::ListDirectory {
+                    path: directory.to_path_buf(),
+                    source,
+                });
+                break;
+            }
+        };
+        let name = entry.file_name();
+        if !is_rule_file_name(&name) || names.contains_key(&name) {
+            continue;
+        }
+
+        let path = entry.path();
+        match classify(&path) {
+            Ok(Some(file)) => {
+                names.insert(name, file);
+            }
+            Ok(None) => {}
+            Err(source) => {
+                // The name stays taken, so a lower file does not silently replace a file
+                // the administrator meant to apply.
+                errors.push(RuleError::ReadFile { path, source });
+                names.insert(name, RuleFile::Masked);
             }
         }
     }
-    (names, errors)
 }
 
 fn is_rule_file_name(name: &OsStr) -> bool {

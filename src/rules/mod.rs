@@ -3,7 +3,9 @@
 //! Rule files are TOML files named `*.toml` in three drop-in directories, searched like
 //! systemd's own configuration (see [`dropin`] for overriding and masking):
 //! `<root>/etc/slicewall/rules.d/` over `<root>/run/slicewall/rules.d/` over
-//! `<root>/usr/lib/slicewall/rules.d/`. Each file contains zero or more rules:
+//! `<root>/usr/lib/slicewall/rules.d/`. Per-unit drop-in directories such as
+//! `<root>/etc/slicewall/units/sshd.service.d/` hold rule files whose unit selector comes from
+//! the directory name (see [`unit_dropin`]). Each file contains zero or more rules:
 //!
 //! ```toml
 //! [[rule]]
@@ -31,8 +33,9 @@ pub mod dropin;
 pub mod model;
 pub mod parse;
 pub mod precedence;
+pub mod unit_dropin;
 
-pub use dropin::{load, load_strict, rule_directories, RuleSet};
+pub use dropin::{load, load_strict, rule_directories, unit_directories, RuleSet};
 pub use model::{
     Action, Destination, DestinationMatch, Flow, GlobPattern, InvalidDigest, Origin, PortRange,
     Protocol, Rule, Selectors, Sha256Digest, Subject, UnitSelector,
@@ -56,6 +59,9 @@ pub enum RuleError {
         #[source]
         source: io::Error,
     },
+
+    #[error("{}: invalid per-unit drop-in directory name, {reason}", path.display())]
+    InvalidDirectory { path: PathBuf, reason: String },
 
     /// Invalid content at a 1-based line and column. The column counts characters.
     #[error("{}:{line}:{column}: {kind}", file.display())]

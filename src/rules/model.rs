@@ -162,13 +162,21 @@ pub enum UnitSelector {
     /// A slice name: any unit inside that slice at any depth. `-.slice`, the root slice,
     /// contains every unit.
     Slice(String),
+    /// A unit name prefix in systemd's drop-in form, such as `app-flatpak-.scope`: the part
+    /// before the type suffix ends in '-', and the selector matches every name that starts with
+    /// that part and has the same suffix. It is matched like `Exact`, or with the suffix
+    /// `.slice` against every slice on the path, like `Slice`. Only per-unit drop-in
+    /// directories create it, no rule file key does.
+    Prefix(String),
 }
 
 impl UnitSelector {
     /// Returns the selector as written in the rule file.
     pub fn as_str(&self) -> &str {
         match self {
-            UnitSelector::Exact(name) | UnitSelector::Slice(name) => name,
+            UnitSelector::Exact(name) | UnitSelector::Slice(name) | UnitSelector::Prefix(name) => {
+                name
+            }
             UnitSelector::Glob(pattern) => pattern.as_str(),
         }
     }
@@ -185,16 +193,34 @@ impl UnitSelector {
             }
             UnitSelector::Glob(pattern) => units().any(|candidate| pattern.is_match(candidate)),
             UnitSelector::Slice(name) => name == "-.slice" || unit.slices.contains(name),
+            UnitSelector::Prefix(name) if name.ends_with(".slice") => {
+                unit.slices.iter().any(|slice| has_name_prefix(slice, name))
+            }
+            UnitSelector::Prefix(name) => units().any(|candidate| has_name_prefix(candidate, name)),
         }
     }
 
+    /// Returns the identity level of [`Selectors::identity_level`]. A prefix of slice names
+    /// ranks like a slice, and a prefix of other unit names like a unit glob.
     fn identity_level(&self) -> u8 {
         match self {
             UnitSelector::Exact(_) => 5,
             UnitSelector::Glob(_) => 3,
+            UnitSelector::Prefix(name) if name.ends_with(".slice") => 2,
+            UnitSelector::Prefix(_) => 3,
             UnitSelector::Slice(_) => 2,
         }
     }
+}
+
+/// Checks whether `name` starts with the part of `prefix` (such as `app-.scope`) before its
+/// type suffix, and ends with that suffix.
+fn has_name_prefix(name: &str, prefix: &str) -> bool {
+    let Some(dot) = prefix.rfind('.') else {
+        return false;
+    };
+    let (stem, suffix) = prefix.split_at(dot);
+    name.len() >= prefix.len() && name.starts_with(stem) && name.ends_with(suffix)
 }
 
 /// SHA-256 digest of an executable file.
@@ -255,6 +281,11 @@ pub struct Selectors {
     pub exe: Option<PathBuf>,
     pub sha256: Option<Sha256Digest>,
     pub user: Option<u32>,
+    /// Units the rule does not apply to, even when every other selector matches. A rule from a
+    /// per-unit drop-in file lists here the more specific drop-in directories that contain a
+    /// file of the same name, because that file replaces it for their units. No rule file key
+    /// sets it.
+    pub except: Vec<UnitSelector>,
 }
 
 impl Selectors {
@@ -265,6 +296,9 @@ impl Selectors {
             if !unit.matches(subject.unit) {
                 return false;
             }
+        }
+        if self.except.iter().any(|unit| unit.matches(subject.unit)) {
+            return false;
         }
         if let Some(app) = &self.app {
             match &subject.unit.app_id {
@@ -317,10 +351,12 @@ impl Selectors {
             && self.exe.is_none()
             && self.sha256.is_none()
             && self.user.is_none()
+            && self.except.is_empty()
     }
 
     /// Returns how precisely the selectors name the process, the maximum over those present:
-    /// 7 `sha256`, 6 `exe`, 5 exact `unit`, 4 `app`, 3 unit glob, 2 slice, 1 `user`, 0 none.
+    /// 7 `sha256`, 6 `exe`, 5 exact `unit`, 4 `app`, 3 unit glob or unit name prefix, 2 slice
+    /// or slice name prefix, 1 `user`, 0 none. `except` does not count.
     pub fn identity_level(&self) -> u8 {
         let levels = [
             self.sha256.as_ref().map(|_| 7),
@@ -515,6 +551,67 @@ mod tests {
     }
 
     #[test]
+    fn unit_prefix_matches_dash_prefixes() {
+        let info = parse_cgroup_path("/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.foo.App-12.scope");
+        let prefix = |text: &str| UnitSelector::Prefix(text.into());
+
+        for matching in [
+            "app-.scope",
+            "app-flatpak-.scope",
+            "app-flatpak-org.foo.App-.scope",
+            "user-.slice",
+        ] {
+            assert!(prefix(matching).matches(&info), "{matching}");
+        }
+        for other in [
+            "app-gnome-.scope",
+            "app-.service",
+            "app-flatpak-org.foo.App-12-.scope",
+            "system-.slice",
+            "user-1000-.slice",
+        ] {
+            assert!(!prefix(other).matches(&info), "{other}");
+        }
+
+        // A slice prefix looks at the slices only, never at the unit.
+        let service = parse_cgroup_path("/system.slice/app-x.service");
+        assert!(!prefix("app-.slice").matches(&service));
+        assert!(prefix("app-.service").matches(&service));
+    }
+
+    #[test]
+    fn except_excludes_units() {
+        let terminal = parse_cgroup_path(TERMINAL);
+        let sshd = parse_cgroup_path("/system.slice/sshd.service");
+        let subject = |unit| Subject {
+            unit,
+            exe: None,
+            sha256: None,
+            uid: 1000,
+        };
+        let selectors = Selectors {
+            unit: Some(UnitSelector::Slice("-.slice".into())),
+            except: vec![
+                UnitSelector::Prefix("app-gnome-.scope".into()),
+                UnitSelector::Exact("cron.service".into()),
+            ],
+            ..Selectors::default()
+        };
+        assert!(!selectors.matches(&subject(&terminal)));
+        assert!(selectors.matches(&subject(&sshd)));
+
+        let by_user_manager = Selectors {
+            user: Some(1000),
+            except: vec![UnitSelector::Exact("user@1000.service".into())],
+            ..Selectors::default()
+        };
+        assert!(!by_user_manager.matches(&subject(&terminal)));
+        assert!(by_user_manager.matches(&subject(&sshd)));
+        assert!(!by_user_manager.is_empty());
+        assert_eq!(by_user_manager.identity_level(), 1);
+    }
+
+    #[test]
     fn unit_glob_backslash_is_literal() {
         let info = parse_cgroup_path("/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-xdg\\x2duser\\x2ddirs-77.scope");
         let pattern = GlobPattern::new("app-gnome-xdg\\x2duser\\x2ddirs-*.scope").unwrap();
@@ -539,6 +636,7 @@ mod tests {
             exe: Some("/usr/bin/curl".into()),
             sha256: Some(digest),
             user: Some(1000),
+            except: Vec::new(),
         };
         assert!(full.matches(&subject));
         assert!(Selectors::default().matches(&subject));
@@ -621,6 +719,28 @@ mod tests {
                     ..Selectors::default()
                 },
                 3,
+            ),
+            (
+                Selectors {
+                    unit: Some(UnitSelector::Prefix("a-.scope".into())),
+                    ..Selectors::default()
+                },
+                3,
+            ),
+            (
+                Selectors {
+                    unit: Some(UnitSelector::Prefix("a-.slice".into())),
+                    ..Selectors::default()
+                },
+                2,
+            ),
+            (
+                Selectors {
+                    unit: exact.clone(),
+                    except: vec![UnitSelector::Exact("b.service".into())],
+                    ..Selectors::default()
+                },
+                5,
             ),
             (
                 Selectors {

@@ -35,6 +35,7 @@ use super::model::{
     Action, Destination, GlobPattern, Origin, PortRange, Protocol, Rule, Selectors, Sha256Digest,
     UnitSelector,
 };
+use super::unit_dropin::UnitDirectory;
 use super::RuleError;
 use crate::unit::{is_unit_name_byte, UNIT_NAME_MAX};
 
@@ -74,6 +75,9 @@ pub enum ParseErrorKind {
 
     #[error("field `priority`: priority {value} is out of range -1000 to 1000")]
     PriorityOutOfRange { value: i64 },
+
+    #[error("field `unit` is not allowed in a per-unit drop-in file, because its directory {directory} already names the unit")]
+    UnitInDropIn { directory: String },
 
     #[error("field `unit`: invalid unit name {value:?}, {reason}")]
     InvalidUnit { value: String, reason: &'static str },
@@ -130,6 +134,47 @@ pub enum ParseErrorKind {
 ///
 /// Returns every error found. The rules are returned only when there is none.
 pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
+    parse_text(path, text, None)
+}
+
+/// Parses a rule file read as bytes. Bytes that are not UTF-8 are an error at the first invalid
+/// byte.
+pub(super) fn parse_file_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<Rule>, Vec<RuleError>> {
+    parse_bytes(path, bytes, None)
+}
+
+/// Parses a file of a per-unit drop-in directory read as bytes. Its rules get the directory's
+/// unit selector, and a `unit` key is an error.
+pub(super) fn parse_unit_file_bytes(
+    path: &Path,
+    bytes: &[u8],
+    directory: &UnitDirectory,
+) -> Result<Vec<Rule>, Vec<RuleError>> {
+    parse_bytes(path, bytes, Some(directory))
+}
+
+fn parse_bytes(
+    path: &Path,
+    bytes: &[u8],
+    directory: Option<&UnitDirectory>,
+) -> Result<Vec<Rule>, Vec<RuleError>> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_text(path, text, directory),
+        Err(error) => {
+            let valid = &bytes[..error.valid_up_to()];
+            // The prefix up to valid_up_to is valid UTF-8 by definition.
+            let valid = std::str::from_utf8(valid).unwrap_or_default();
+            let source = SourceFile::new(path, valid);
+            Err(vec![source.error(valid.len(), ParseErrorKind::NotUtf8)])
+        }
+    }
+}
+
+fn parse_text(
+    path: &Path,
+    text: &str,
+    directory: Option<&UnitDirectory>,
+) -> Result<Vec<Rule>, Vec<RuleError>> {
     let source = SourceFile::new(path, text);
 
     let file: RawFile = toml::from_str(text).map_err(|error| {
@@ -143,7 +188,10 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> 
     let mut rules = Vec::with_capacity(file.rule.len());
     let mut errors: Vec<(usize, ParseErrorKind)> = Vec::new();
     for raw in &file.rule {
-        let mut checker = RuleChecker { errors: Vec::new() };
+        let mut checker = RuleChecker {
+            directory,
+            errors: Vec::new(),
+        };
         let rule = checker.check_rule(&source, raw);
         match rule {
             Some(rule) if checker.errors.is_empty() => rules.push(rule),
@@ -159,21 +207,6 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> 
         .into_iter()
         .map(|(offset, kind)| source.error(offset, kind))
         .collect())
-}
-
-/// Parses a rule file read as bytes. Bytes that are not UTF-8 are an error at the first invalid
-/// byte.
-pub(super) fn parse_file_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<Rule>, Vec<RuleError>> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => parse_file(path, text),
-        Err(error) => {
-            let valid = &bytes[..error.valid_up_to()];
-            // The prefix up to valid_up_to is valid UTF-8 by definition.
-            let valid = std::str::from_utf8(valid).unwrap_or_default();
-            let source = SourceFile::new(path, valid);
-            Err(vec![source.error(valid.len(), ParseErrorKind::NotUtf8)])
-        }
-    }
 }
 
 /// Text of one file with its line starts, for turning byte offsets into lines and columns.
@@ -377,11 +410,13 @@ impl<'de> Visitor<'de> for RawValueVisitor {
 }
 
 /// Checks one `[[rule]]` table and collects its errors with their byte offsets.
-struct RuleChecker {
+struct RuleChecker<'d> {
+    /// The per-unit drop-in directory of the file, which supplies the unit selector.
+    directory: Option<&'d UnitDirectory>,
     errors: Vec<(usize, ParseErrorKind)>,
 }
 
-impl RuleChecker {
+impl RuleChecker<'_> {
     /// Returns the rule, or `None` when a required value is missing. Errors in other fields go
     /// to `self.errors`, and the caller discards the rule when there is any.
     fn check_rule(&mut self, source: &SourceFile, raw: &Spanned<RawRule>) -> Option<Rule> {
@@ -396,12 +431,26 @@ impl RuleChecker {
             }
         };
 
+        let unit = match (self.directory, &raw.unit) {
+            (Some(directory), Some(value)) => {
+                let directory = directory.name().to_owned();
+                self.report(
+                    value.span().start,
+                    ParseErrorKind::UnitInDropIn { directory },
+                );
+                None
+            }
+            (Some(directory), None) => Some(directory.selector()),
+            (None, Some(value)) => self.unit(value),
+            (None, None) => None,
+        };
         let selectors = Selectors {
-            unit: raw.unit.as_ref().and_then(|value| self.unit(value)),
+            unit,
             app: raw.app.as_ref().and_then(|value| self.app(value)),
             exe: raw.exe.as_ref().and_then(|value| self.exe(value)),
             sha256: raw.sha256.as_ref().and_then(|value| self.sha256(value)),
             user: raw.user.as_ref().and_then(|value| self.user(value)),
+            except: Vec::new(),
         };
 
         let addresses = match &raw.address {
@@ -742,7 +791,7 @@ impl RuleChecker {
 
 /// Classifies a unit name that is not a glob. Returns the reason when it is not a valid name
 /// of a unit that can hold processes or of a slice.
-fn check_unit_name(name: &str) -> Result<UnitSelector, &'static str> {
+pub(super) fn check_unit_name(name: &str) -> Result<UnitSelector, &'static str> {
     if name.len() > UNIT_NAME_MAX {
         return Err("unit names are at most 255 bytes long");
     }
@@ -1319,6 +1368,46 @@ comment = "free text"
             &errors[0],
             RuleError::Invalid { line: 2, column: 10, kind: ParseErrorKind::InvalidAction { value }, .. } if value == "block"
         ));
+    }
+
+    fn unit_directory(name: &str) -> UnitDirectory {
+        UnitDirectory::parse(std::ffi::OsStr::new(name)).unwrap()
+    }
+
+    #[test]
+    fn unit_file_gets_directory_selector() {
+        let directory = unit_directory("app-flatpak-.scope.d");
+        let text = "[[rule]]\naction = \"deny\"\nexe = \"/usr/bin/curl\"\nport = 80\n";
+        let rules = parse_unit_file_bytes(Path::new(FILE), text.as_bytes(), &directory).unwrap();
+        assert_eq!(rules.len(), 1);
+        let selectors = &rules[0].selectors;
+        assert_eq!(
+            selectors.unit,
+            Some(UnitSelector::Prefix("app-flatpak-.scope".into()))
+        );
+        assert_eq!(selectors.exe.as_deref(), Some(Path::new("/usr/bin/curl")));
+        assert!(selectors.except.is_empty());
+        assert_eq!(rules[0].origin.to_string(), format!("{FILE}:1"));
+    }
+
+    #[test]
+    fn error_unit_key_in_unit_file() {
+        let directory = unit_directory("sshd.service.d");
+        let text = "[[rule]]\naction = \"allow\"\n\n[[rule]]\naction = \"deny\"\n  unit = \"cron.service\"\nport = 0\n";
+        let errors =
+            parse_unit_file_bytes(Path::new(FILE), text.as_bytes(), &directory).unwrap_err();
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                format!("{FILE}:6:10: field `unit` is not allowed in a per-unit drop-in file, because its directory sshd.service.d already names the unit"),
+                format!("{FILE}:7:8: field `port`: invalid port 0, expected 1 to 65535"),
+            ]
+        );
+
+        // The same text is valid as a rules.d file once the port is.
+        let fixed = text.replace("port = 0", "port = 22");
+        assert_eq!(parse(&fixed).unwrap().len(), 2);
     }
 
     #[test]

@@ -105,6 +105,16 @@ pub fn decide<'r>(
     best.map(|(_, rule)| rule)
 }
 
+fn unit_key(unit: &UnitSelector) -> (u8, &str) {
+    let kind = match unit {
+        UnitSelector::Exact(_) => 0,
+        UnitSelector::Glob(_) => 1,
+        UnitSelector::Slice(_) => 2,
+        UnitSelector::Prefix(_) => 3,
+    };
+    (kind, unit.as_str())
+}
+
 /// Orders rules of equal rank by what they contain, and identical rules by origin.
 fn compare_content(left: &Rule, right: &Rule) -> Ordering {
     content_key(left).cmp(&content_key(right))
@@ -119,26 +129,20 @@ fn content_key(
     Option<&std::path::Path>,
     Option<super::Sha256Digest>,
     Option<u32>,
+    Vec<(u8, &str)>,
     &[ipnet::IpNet],
     &[super::PortRange],
     Protocol,
     (u32, u32, &std::path::Path),
 ) {
     let selectors = &rule.selectors;
-    let unit = selectors.unit.as_ref().map(|unit| {
-        let kind = match unit {
-            UnitSelector::Exact(_) => 0,
-            UnitSelector::Glob(_) => 1,
-            UnitSelector::Slice(_) => 2,
-        };
-        (kind, unit.as_str())
-    });
     (
-        unit,
+        selectors.unit.as_ref().map(unit_key),
         selectors.app.as_ref().map(GlobPattern::as_str),
         selectors.exe.as_deref(),
         selectors.sha256,
         selectors.user,
+        selectors.except.iter().map(unit_key).collect(),
         &rule.destination.addresses,
         &rule.destination.ports,
         rule.destination.protocol,

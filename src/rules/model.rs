@@ -332,6 +332,9 @@ impl Selectors {
                 return false;
             }
         }
+        if self.except.iter().any(|excepted| excepted.matches(unit)) {
+            return false;
+        }
         match (&self.app, &unit.app_id) {
             (None, _) => true,
             (Some(app), Some(app_id)) => app.is_match(app_id),

@@ -196,12 +196,16 @@ impl Daemon {
         // they are dropped: until each process is identified again its flows are held or
         // rejected, never let through.
         let adopted = previous.next_id != 0;
+        // The gate reports process IDs as this daemon's /proc shows them.
+        let pid_namespace =
+            gate::pid_namespace().context("failed to read the PID namespace of the daemon")?;
         gate.forget_identities();
         gate.write_config(gate::initial_config(
             previous,
             fail_verdict,
             guard_level,
             guard_cgroup_id,
+            pid_namespace,
         ))?;
 
         let mut tables = Tables::new(previous.next_id, ask_verdict);

@@ -72,7 +72,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut ticks: u32 = 0;
 
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&daemon.status),
+    ]);
     loop {
         tokio::select! {
             guard = events.readable_mut() => {
@@ -94,7 +97,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     daemon.forget_removed_cgroups();
                 }
             }
-            _ = hangup.recv() => daemon.reload(),
+            _ = hangup.recv() => {
+                daemon.reload();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&daemon.status)]);
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -142,6 +148,8 @@ struct Daemon {
     fail_verdict: u8,
     events_lost: u64,
     degraded: Vec<String>,
+    /// The last start or reload message, sent to systemd as the unit's status text.
+    status: String,
 }
 
 impl Daemon {
@@ -229,6 +237,7 @@ impl Daemon {
             fail_verdict,
             events_lost: 0,
             degraded,
+            status: String::new(),
         };
         daemon.decide_held_flows(Duration::ZERO);
         release_free_memory();
@@ -253,6 +262,7 @@ impl Daemon {
             },
         );
         daemon.audit.event(audit::EventKind::Started, &message, &[]);
+        daemon.status = message;
         Ok(daemon)
     }
 
@@ -285,6 +295,7 @@ impl Daemon {
                 let message = format!("reloaded {count} rules from {} files", rule_set.files.len());
                 self.audit
                     .event(audit::EventKind::RulesLoaded, &message, &[]);
+                self.status = message;
             }
             Err(errors) => {
                 for error in &errors {
@@ -296,6 +307,7 @@ impl Daemon {
                 );
                 self.audit
                     .event(audit::EventKind::RulesRejected, &message, &[]);
+                self.status = message;
             }
         }
     }

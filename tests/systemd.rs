@@ -1,10 +1,10 @@
 //! End-to-end tests of slicewalld under a real systemd.
 //!
-//! Boots one throwaway container with the machine's own systemd (see `systemd/container.rs`),
-//! installs the built `slicewalld`, `slicewallctl`, the unit, the catalog and the vendor rules
-//! into it, starts `slicewalld.service`, and runs each case against real units: transient
-//! services, system scopes and user scopes of a user manager. Clients connect to a listener on
-//! the container's own loopback, inside its private network namespace.
+//! Boots one throwaway container with the machine's own systemd (see `systemd/container.rs`).
+//! Installs the built `slicewalld`, `slicewallctl`, the unit, the catalog and the vendor rules
+//! into it and starts `slicewalld.service`. Each case then runs real units: transient services,
+//! system scopes and user scopes of a user manager. Clients connect to a listener on the
+//! container's own loopback, inside its private network namespace.
 //!
 //! Runs without libtest (`harness = false`): it prints one line per case, always tears the
 //! container down (also after a panic, SIGINT or SIGTERM), and exits 1 if any case failed.
@@ -16,6 +16,7 @@ mod container;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,8 @@ port = 18080
 
 /// Active container, for the signal handler's teardown.
 static ACTIVE: Mutex<Option<Arc<Container>>> = Mutex::new(None);
+/// Set when SIGINT or SIGTERM arrived, after which no further case starts.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 type Case = fn(&Lab) -> Result<(), String>;
 
@@ -88,10 +91,26 @@ const CASES: &[(&str, Case)] = &[
 ];
 
 fn main() -> ExitCode {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .collect();
+    // cargo passes libtest's options through; they are ignored, with the values of those that
+    // take a separate one.
+    let mut filters = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if [
+            "--test-threads",
+            "--skip",
+            "--color",
+            "--format",
+            "--logfile",
+            "-Z",
+        ]
+        .contains(&arg.as_str())
+        {
+            args.next();
+        } else if !arg.starts_with('-') {
+            filters.push(arg);
+        }
+    }
     if std::env::args().any(|arg| arg == "--list") {
         for (name, _) in CASES {
             println!("{name}: test");
@@ -129,6 +148,9 @@ fn main() -> ExitCode {
     match std::panic::catch_unwind(AssertUnwindSafe(|| Lab::set_up(Arc::clone(&container)))) {
         Ok(Ok(lab)) => {
             for (name, case) in &selected {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    break;
+                }
                 let case_started = Instant::now();
                 let result = std::panic::catch_unwind(AssertUnwindSafe(|| case(&lab)))
                     .unwrap_or_else(|panic| Err(panic_message(&panic)));
@@ -184,7 +206,8 @@ fn check_tools() -> Result<(), String> {
     Ok(())
 }
 
-/// The probe example, which cargo builds next to the test binaries' deps directory.
+/// Returns the path of the probe example, which cargo builds next to the test binaries' deps
+/// directory.
 fn probe_path() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let target = exe
@@ -210,6 +233,7 @@ fn handle_signals() {
                 _ = terminate.recv() => "SIGTERM",
             }
         });
+        INTERRUPTED.store(true, Ordering::SeqCst);
         println!("{signal}: tearing the container down");
         let container = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(container) = container {
@@ -335,17 +359,17 @@ impl Lab {
         Ok(lab)
     }
 
-    fn c(&self) -> &Container {
+    fn container(&self) -> &Container {
         &self.container
     }
 
     fn accepts(&self) -> Result<usize, String> {
-        Ok(self.c().exec_ok(&["cat", ACCEPTS])?.lines().count())
+        Ok(self.container().exec_ok(&["cat", ACCEPTS])?.lines().count())
     }
 
     /// Runs the probe once in a new transient service and returns its result line.
     fn probe_in_service(&self, unit: &str) -> Result<String, String> {
-        let output = self.c().exec(&[
+        let output = self.container().exec(&[
             "systemd-run",
             "--quiet",
             "--wait",
@@ -361,7 +385,7 @@ impl Lab {
 
     /// Runs the probe once in a new scope of the system manager.
     fn probe_in_system_scope(&self, unit: &str) -> String {
-        let output = self.c().exec(&[
+        let output = self.container().exec(&[
             "systemd-run",
             "--quiet",
             "--scope",
@@ -376,18 +400,18 @@ impl Lab {
 
     /// Runs the probe once in a new scope of the test user's manager.
     fn probe_in_user_scope(&self, unit: &str) -> String {
-        let output = self
-            .c()
-            .run_user_scope(USER, self.uid, unit, &[PROBE, "tcp", &target()]);
+        let output =
+            self.container()
+                .run_user_scope(USER, self.uid, unit, &[PROBE, "tcp", &target()]);
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     /// Status of a unit and the daemon's last log lines, for failure messages.
     fn diagnostics(&self, unit: &str) -> String {
-        let status = self
-            .c()
-            .exec(&["systemctl", "status", "--no-pager", "--lines=5", unit]);
-        let journal = self.c().exec(&[
+        let status =
+            self.container()
+                .exec(&["systemctl", "status", "--no-pager", "--lines=5", unit]);
+        let journal = self.container().exec(&[
             "journalctl",
             "--no-pager",
             "--lines=15",
@@ -405,13 +429,13 @@ impl Lab {
 
     /// Stops a unit and forgets its failure, so that its name can be used again.
     fn remove_unit(&self, unit: &str) {
-        let _ = self.c().exec(&["systemctl", "stop", unit]);
-        let _ = self.c().exec(&["systemctl", "reset-failed", unit]);
+        let _ = self.container().exec(&["systemctl", "stop", unit]);
+        let _ = self.container().exec(&["systemctl", "reset-failed", unit]);
     }
 
     fn main_pid(&self) -> Result<String, String> {
         Ok(self
-            .c()
+            .container()
             .exec_ok(&["systemctl", "show", "-P", "MainPID", "slicewalld.service"])?
             .trim()
             .to_owned())
@@ -446,7 +470,7 @@ fn expect_allowed(what: &str, line: &str) -> Result<(), String> {
     }
 }
 
-/// A random suffix like the ones desktop environments give application scopes.
+/// Returns a random suffix like the ones desktop environments give application scopes.
 fn random_suffix() -> u32 {
     fastrand::u32(1000..1_000_000)
 }
@@ -495,7 +519,7 @@ fn find_denial(lab: &Lab, unit: &str) -> Result<serde_json::Value, String> {
         Duration::from_secs(5),
         &format!("a denial record for {unit}"),
         || {
-            let records = lab.c().journal_json(&[
+            let records = lab.container().journal_json(&[
                 "-t",
                 "slicewalld",
                 "SLICEWALL_VERDICT=deny",
@@ -509,7 +533,7 @@ fn find_denial(lab: &Lab, unit: &str) -> Result<serde_json::Value, String> {
 }
 
 fn daemon_runs_under_systemd(lab: &Lab) -> Result<(), String> {
-    let c = lab.c();
+    let c = lab.container();
     let active = c.exec(&["systemctl", "is-active", "slicewalld.service"]);
     let active = String::from_utf8_lossy(&active.stdout).trim().to_owned();
     if active != "active" {
@@ -574,10 +598,10 @@ fn unit_rule_survives_unit_restart(lab: &Lab) -> Result<(), String> {
 }
 
 fn unit_restart_checks(lab: &Lab) -> Result<(), String> {
-    let c = lab.c();
+    let c = lab.container();
     let accepts = lab.accepts()?;
     let log = "/run/harness/svc-deny.log";
-    // RemainAfterExit keeps the unit loaded after the probe exits, so it can be restarted; each
+    // RemainAfterExit keeps the unit loaded after the probe exits, so it can be restarted. Each
     // start runs it in a new cgroup, whose ID the script prints before the probe.
     let script = format!(
         "stat -c 'cgroup %i' /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); exec {PROBE} tcp {}",
@@ -722,7 +746,7 @@ fn daemon_restart_lets_nothing_through(lab: &Lab) -> Result<(), String> {
 }
 
 fn restart_checks(lab: &Lab) -> Result<(), String> {
-    let c = lab.c();
+    let c = lab.container();
     let accepts = lab.accepts()?;
     let log = "/run/harness/svc-loop.log";
     // A new probe process for every attempt, so attempts during the restart are programs the

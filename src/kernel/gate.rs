@@ -197,6 +197,10 @@ impl Gate {
         }
 
         let sizes = options.sizes;
+        // TODO: maps pinned by a daemon with another layout of a shared structure (such as the
+        // config map, which grew by the PID namespace fields) are reused as they are. Only the
+        // verifier's bounds check on the new programs stops the start. Compare the pinned maps'
+        // key and value sizes and name the map to remove with --cleanup.
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries("slicewall_tasks", sizes.tasks)
@@ -583,7 +587,7 @@ pub fn hold_rto_jiffies() -> u32 {
 /// Inode number of the initial PID namespace, fixed in the kernel (`PROC_PID_INIT_INO`).
 const INITIAL_PID_NAMESPACE_INO: u64 = 0xEFFF_FFFC;
 
-/// The daemon's PID namespace as the gate identifies it: the device and inode numbers of
+/// Reads the daemon's PID namespace as the gate identifies it: the device and inode numbers of
 /// `/proc/self/ns/pid`, the device in the kernel's internal encoding that
 /// `bpf_get_ns_current_pid_tgid()` compares against. Returns `(0, 0)` in the initial PID
 /// namespace, where the gate reads process IDs with `bpf_get_current_pid_tgid()`, which also

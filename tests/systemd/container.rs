@@ -1,8 +1,8 @@
 //! A throwaway container that boots the machine's own systemd for end-to-end tests.
 //!
 //! The container's root is an overlay with the machine's root file system as its read-only
-//! lower layer and a tmpfs as its upper layer, so every write inside (users, units, rule files)
-//! vanishes at teardown and systemd never runs on the real root. `systemd-nspawn` boots it with
+//! lower layer and a tmpfs as its upper layer. So every write inside (users, units, rule files)
+//! vanishes at teardown, and systemd never runs on the real root. `systemd-nspawn` boots it with
 //! a private network namespace, so nftables changes and traffic stay inside, and with a pure
 //! cgroup v2 hierarchy at `/sys/fs/cgroup`. The nspawn process lives in a cgroup v2 directory of
 //! its own, which nspawn splits into `supervisor` and `payload` (the container's root).
@@ -28,7 +28,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time the container gets to power off before it is killed.
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Enabled units that the booted system needs; every other enabled unit of the machine is
+/// Enabled units that the booted system needs. Every other enabled unit of the machine is
 /// masked, so the container starts no database, timer or network service of the machine.
 const KEEP_ENABLED: &[&str] = &[
     "dbus",

@@ -161,6 +161,45 @@ static __always_inline struct slicewall_config *config(void)
 	return bpf_map_lookup_elem(&slicewall_config, &zero);
 }
 
+/* Returns the calling process's ID (tgid) in the daemon's PID namespace, which is the ID the daemon
+ * finds under its /proc, and the thread ID in *pid. Returns 0 for a task in another PID namespace
+ * (a nested container), whose IDs the daemon cannot resolve. */
+static __always_inline __u32 current_tgid(const struct slicewall_config *cfg, __u32 *pid)
+{
+	struct bpf_pidns_info ns = {};
+	__u64 pid_tgid;
+
+	if (!cfg->pidns_ino) {
+		pid_tgid = bpf_get_current_pid_tgid();
+		*pid = (__u32)pid_tgid;
+		return pid_tgid >> 32;
+	}
+	if (bpf_get_ns_current_pid_tgid(cfg->pidns_dev, cfg->pidns_ino, &ns, sizeof(ns))) {
+		*pid = 0;
+		return 0;
+	}
+	*pid = ns.pid;
+	return ns.tgid;
+}
+
+/* Checks whether the calling task lies in the guarded cgroup subtree. The guarded cgroup's level
+ * counted from the root of the whole hierarchy is at least the level the daemon sees, and more
+ * when the daemon runs in a cgroup namespace, so the levels below are searched too. */
+static __always_inline int in_guarded_subtree(const struct slicewall_config *cfg)
+{
+	__u64 ancestor;
+	int i;
+
+	for (i = 0; i < SLICEWALL_GUARD_LEVEL_SEARCH; i++) {
+		ancestor = bpf_get_current_ancestor_cgroup_id(cfg->guard_level + i);
+		if (ancestor == cfg->guard_cgroup_id)
+			return 1;
+		if (!ancestor) /* the task's own cgroup is above this level */
+			return 0;
+	}
+	return 0;
+}
+
 static __always_inline void fill_event(struct slicewall_event *event, __u32 kind, const struct flow *flow)
 {
 	event->kind = kind;
@@ -397,6 +436,7 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	__u64 *exec_ns;
 	__u64 epoch;
 	__u32 *policy;
+	__u32 pid;
 	__u8 cached;
 	int result;
 
@@ -415,12 +455,12 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 	/* The socket's cgroup is the one it was created in, which is also what nftables matches. */
 	storage = bpf_sk_storage_get(&slicewall_socks, ctx->sk, 0, 0);
 	flow.cgroup_id = storage && storage->cgroup_id ? storage->cgroup_id : bpf_get_current_cgroup_id();
-	flow.tgid = bpf_get_current_pid_tgid() >> 32;
 	flow.uid = (__u32)bpf_get_current_uid_gid();
 
 	cfg = config();
 	if (!cfg)
 		return SK_DROP;
+	flow.tgid = current_tgid(cfg, &pid);
 	epoch = exec_epoch();
 	cached = cached_verdict(storage, cfg, epoch, &flow);
 	if (cached)
@@ -428,20 +468,22 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 
 	/* Past the cache: the cookie keys held flows and events. */
 	flow.cookie = bpf_get_socket_cookie(ctx);
-	exec_ns = bpf_map_lookup_elem(&slicewall_execs, &flow.tgid);
+	exec_ns = flow.tgid ? bpf_map_lookup_elem(&slicewall_execs, &flow.tgid) : 0;
 	flow.exec_ns = exec_ns ? *exec_ns : 0;
-	task = bpf_map_lookup_elem(&slicewall_tasks, &flow.tgid);
+	task = flow.tgid ? bpf_map_lookup_elem(&slicewall_tasks, &flow.tgid) : 0;
 	if (task && task->exec_ns == flow.exec_ns) {
 		flow.exe_id = task->exe_id;
 		subject.cgroup_id = flow.cgroup_id;
 		subject.exe_id = flow.exe_id;
 		subject.uid = flow.uid;
 		policy = bpf_map_lookup_elem(&slicewall_subjects, &subject);
-	} else if (!is_connect) {
+	} else if (!is_connect || !flow.tgid) {
 		/* The executable is not known yet (a new program, or one the daemon is still hashing).
 		 * A datagram cannot wait, so the cgroup's policy decides it whenever no rule naming an
 		 * executable could decide it differently. A connect waits for the daemon instead: the
-		 * process stays alive while it waits, so its audit record names the executable. */
+		 * process stays alive while it waits, so its audit record names the executable. A task
+		 * in another PID namespace (tgid 0) can never be identified, so its connects are
+		 * decided like datagrams, and the fail mode decides those the cgroup's policy cannot. */
 		unit.cgroup_id = flow.cgroup_id;
 		unit.uid = flow.uid;
 		policy = bpf_map_lookup_elem(&slicewall_units, &unit);
@@ -587,10 +629,14 @@ int slicewall_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct flow flow = {};
 	__u32 zero = 0;
 	__u64 *epoch;
+	__u32 pid;
 
-	if (!cfg || bpf_get_current_ancestor_cgroup_id(cfg->guard_level) != cfg->guard_cgroup_id)
+	if (!cfg || !in_guarded_subtree(cfg))
 		return 0;
-	flow.tgid = bpf_get_current_pid_tgid() >> 32;
+	/* A task outside the daemon's PID namespace is never identified, so nothing to forget. */
+	flow.tgid = current_tgid(cfg, &pid);
+	if (!flow.tgid)
+		return 0;
 	flow.cgroup_id = bpf_get_current_cgroup_id();
 	flow.uid = (__u32)bpf_get_current_uid_gid();
 	flow.exec_ns = bpf_ktime_get_ns();
@@ -603,14 +649,18 @@ int slicewall_exec(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* Forgets a process when its thread group leader exits, so a reused PID starts unknown. */
+/* Forgets a process when its thread group leader exits, so a reused PID starts unknown. Tasks in
+ * other PID namespaces than the daemon's (tgid 0) are ignored: their IDs are not the map keys. */
 SEC("raw_tracepoint/sched_process_exit")
 int slicewall_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
+	struct slicewall_config *cfg = config();
+	__u32 pid, tgid;
 
-	if ((__u32)pid_tgid != tgid)
+	if (!cfg)
+		return 0;
+	tgid = current_tgid(cfg, &pid);
+	if (!tgid || pid != tgid)
 		return 0;
 	bpf_map_delete_elem(&slicewall_tasks, &tgid);
 	bpf_map_delete_elem(&slicewall_execs, &tgid);

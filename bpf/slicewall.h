@@ -46,6 +46,11 @@
 #define SLICEWALL_STAT_PENDING 2
 #define SLICEWALL_STAT_COUNT 4
 
+/* Levels below the guarded cgroup's level in the daemon's view at which exec tracking looks for
+ * it. A daemon in a cgroup namespace sees its namespace root at level 0, while the kernel counts
+ * levels from the root of the whole hierarchy. */
+#define SLICEWALL_GUARD_LEVEL_SEARCH 16
+
 /* Identifiers of the policy, exe and rule tables are never 0; 0 means "none". */
 #define SLICEWALL_POLICY_NONE 0
 
@@ -59,6 +64,12 @@ struct slicewall_config {
 	__u64 guard_cgroup_id;  /* the guarded cgroup; exec tracking ignores tasks outside it */
 	__u32 generation;       /* changes whenever the rules change, voiding cached verdicts */
 	__u32 padding;
+	/* The daemon's PID namespace as the device and inode number of its nsfs file, which
+	 * bpf_get_ns_current_pid_tgid() takes; process IDs in events are in this namespace.
+	 * pidns_ino 0 means the initial PID namespace, whose IDs bpf_get_current_pid_tgid()
+	 * returns for every task. */
+	__u64 pidns_dev;
+	__u64 pidns_ino;
 };
 
 struct slicewall_task {

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what building and testing slicewall needs on Debian or Ubuntu, when it is missing:
 # clang and the kernel and libbpf headers for the eBPF programs, iproute2 for the test labs,
-# curl for the short-lived client test, nftables for the socket-destroy test, and systemd's
-# journald for the journal test.
+# curl for the short-lived client test, nftables for the socket-destroy test, systemd's
+# journald for the journal test, and systemd-nspawn (systemd-container) and socat for the
+# end-to-end test under a booted systemd.
 set -eu
 
 missing=""
@@ -14,6 +15,8 @@ command -v curl >/dev/null 2>&1 || missing="$missing curl"
 command -v nft >/dev/null 2>&1 || missing="$missing nftables"
 command -v journalctl >/dev/null 2>&1 || missing="$missing systemd"
 [ -x /lib/systemd/systemd-journald ] || missing="$missing systemd"
+command -v systemd-nspawn >/dev/null 2>&1 || missing="$missing systemd-container"
+command -v socat >/dev/null 2>&1 || missing="$missing socat"
 
 if [ -n "$missing" ]; then
     if [ "$(id -u)" -ne 0 ]; then

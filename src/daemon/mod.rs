@@ -89,7 +89,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     daemon.publish_status();
     control::serve(daemon.status.clone());
 
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&daemon.status_text),
+    ]);
     loop {
         tokio::select! {
             guard = events.readable_mut() => {
@@ -121,6 +124,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = hangup.recv() => {
                 daemon.reload();
                 daemon.publish_status();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&daemon.status_text)]);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -185,6 +189,8 @@ struct Daemon {
     status: SharedStatus,
     fail_mode: FailMode,
     ask_fallback: AskFallback,
+    /// The last start or reload message, sent to systemd as the unit's status text.
+    status_text: String,
 }
 
 impl Daemon {
@@ -239,12 +245,16 @@ impl Daemon {
         // they are dropped: until each process is identified again its flows are held or
         // rejected, never let through.
         let adopted = previous.next_id != 0;
+        // The gate reports process IDs as this daemon's /proc shows them.
+        let pid_namespace =
+            gate::pid_namespace().context("failed to read the PID namespace of the daemon")?;
         gate.forget_identities();
         gate.write_config(gate::initial_config(
             previous,
             fail_verdict,
             guard_level,
             guard_cgroup_id,
+            pid_namespace,
         ))?;
 
         let mut tables = Tables::new(previous.next_id, ask_verdict);
@@ -274,6 +284,7 @@ impl Daemon {
             status: SharedStatus::default(),
             fail_mode: options.fail_mode,
             ask_fallback: options.ask_fallback,
+            status_text: String::new(),
         };
         daemon.decide_held_flows(Duration::ZERO);
         release_free_memory();
@@ -298,6 +309,7 @@ impl Daemon {
             },
         );
         daemon.audit.event(audit::EventKind::Started, &message, &[]);
+        daemon.status_text = message;
         Ok(daemon)
     }
 
@@ -335,6 +347,7 @@ impl Daemon {
                 );
                 self.audit
                     .event(audit::EventKind::RulesLoaded, &message, &[]);
+                self.status_text = message;
             }
             Err(errors) => {
                 for error in &errors {
@@ -346,6 +359,7 @@ impl Daemon {
                 );
                 self.audit
                     .event(audit::EventKind::RulesRejected, &message, &[]);
+                self.status_text = message;
             }
         }
     }

@@ -45,6 +45,10 @@ pub struct Config {
     pub guard_cgroup_id: u64,
     pub generation: u32,
     pub padding: u32,
+    /// The daemon's PID namespace: device number (in the kernel's encoding) and inode number of
+    /// its nsfs file. `pidns_ino` 0 means the initial PID namespace.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
 }
 
 #[repr(C)]
@@ -166,7 +170,7 @@ unsafe impl aya::Pod for List {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Held {}
 
-const _: () = assert!(std::mem::size_of::<Config>() == 40);
+const _: () = assert!(std::mem::size_of::<Config>() == 56);
 const _: () = assert!(std::mem::size_of::<SubjectKey>() == 16);
 const _: () = assert!(std::mem::size_of::<aya::maps::lpm_trie::Key<PrefixData>>() == 28);
 const _: () = assert!(std::mem::size_of::<Candidate>() == 24);

@@ -197,6 +197,10 @@ impl Gate {
         }
 
         let sizes = options.sizes;
+        // TODO: maps pinned by a daemon with another layout of a shared structure (such as the
+        // config map, which grew by the PID namespace fields) are reused as they are. Only the
+        // verifier's bounds check on the new programs stops the start. Compare the pinned maps'
+        // key and value sizes and name the map to remove with --cleanup.
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries("slicewall_tasks", sizes.tasks)
@@ -580,12 +584,35 @@ pub fn hold_rto_jiffies() -> u32 {
     (kernel_hz() * HOLD_RETRANSMIT_MS / 1000).max(1)
 }
 
-/// Builds the configuration the gate starts with.
+/// Inode number of the initial PID namespace, fixed in the kernel (`PROC_PID_INIT_INO`).
+const INITIAL_PID_NAMESPACE_INO: u64 = 0xEFFF_FFFC;
+
+/// Reads the daemon's PID namespace as the gate identifies it: the device and inode numbers of
+/// `/proc/self/ns/pid`, the device in the kernel's internal encoding that
+/// `bpf_get_ns_current_pid_tgid()` compares against. Returns `(0, 0)` in the initial PID
+/// namespace, where the gate reads process IDs with `bpf_get_current_pid_tgid()`, which also
+/// covers the tasks of nested PID namespaces.
+pub fn pid_namespace() -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+
+    let metadata = fs::metadata("/proc/self/ns/pid")?;
+    if metadata.ino() == INITIAL_PID_NAMESPACE_INO {
+        return Ok((0, 0));
+    }
+    let dev = metadata.dev();
+    // The kernel's dev_t is MAJOR << 20 | MINOR; stat reports the glibc encoding.
+    let kernel_dev = (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev));
+    Ok((kernel_dev, metadata.ino()))
+}
+
+/// Builds the configuration the gate starts with. `pid_namespace` is what [`pid_namespace`]
+/// returns.
 pub fn initial_config(
     previous: Config,
     fail_verdict: u8,
     guard_level: u32,
     guard_cgroup_id: u64,
+    pid_namespace: (u64, u64),
 ) -> Config {
     Config {
         daemon_present: 1,
@@ -597,6 +624,8 @@ pub fn initial_config(
         guard_cgroup_id,
         generation: previous.generation,
         padding: 0,
+        pidns_dev: pid_namespace.0,
+        pidns_ino: pid_namespace.1,
     }
 }
 

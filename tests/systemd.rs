@@ -1,0 +1,831 @@
+//! End-to-end tests of slicewalld under a real systemd.
+//!
+//! Boots one throwaway container with the machine's own systemd (see `systemd/container.rs`).
+//! Installs the built `slicewalld`, `slicewallctl`, the unit, the catalog and the vendor rules
+//! into it and starts `slicewalld.service`. Each case then runs real units: transient services,
+//! system scopes and user scopes of a user manager. Clients connect to a listener on the
+//! container's own loopback, inside its private network namespace.
+//!
+//! Runs without libtest (`harness = false`): it prints one line per case, always tears the
+//! container down (also after a panic, SIGINT or SIGTERM), and exits 1 if any case failed.
+//! Arguments that do not start with `-` select the cases whose names contain them.
+
+#[path = "systemd/container.rs"]
+mod container;
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use container::Container;
+
+/// Port of the listener inside the container.
+const PORT: u16 = 18080;
+/// File in the container where the listener appends one line per accepted connection.
+const ACCEPTS: &str = "/run/harness/accepts";
+/// The harness's own rule file in the container.
+const RULES_FILE: &str = "/etc/slicewall/rules.d/60-harness.toml";
+/// The probe example, installed in the container.
+const PROBE: &str = "/usr/bin/slicewall-probe";
+/// Test user and the application ID its scopes carry.
+const USER: &str = "slicewalltest";
+const APP_ID: &str = "org.example.App";
+
+/// Rules of the harness. The vendor rules stay installed: they allow loopback and system.slice,
+/// and each rule here names a unit or an app, which outranks them.
+const RULES: &str = r#"# Written by tests/systemd.rs.
+[[rule]]
+action = "deny"
+unit = "svc-deny.service"
+address = "127.0.0.1"
+port = 18080
+
+[[rule]]
+action = "deny"
+unit = "svc-loop.service"
+address = "127.0.0.1"
+port = 18080
+
+[[rule]]
+action = "deny"
+unit = "harness-deny.scope"
+address = "127.0.0.1"
+port = 18080
+
+[[rule]]
+action = "deny"
+app = "org.example.App"
+address = "127.0.0.1"
+port = 18080
+"#;
+
+/// Active container, for the signal handler's teardown.
+static ACTIVE: Mutex<Option<Arc<Container>>> = Mutex::new(None);
+/// Set when SIGINT or SIGTERM arrived, after which no further case starts.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+type Case = fn(&Lab) -> Result<(), String>;
+
+const CASES: &[(&str, Case)] = &[
+    ("daemon_runs_under_systemd", daemon_runs_under_systemd),
+    (
+        "unit_rule_survives_unit_restart",
+        unit_rule_survives_unit_restart,
+    ),
+    (
+        "app_rule_applies_to_user_scopes",
+        app_rule_applies_to_user_scopes,
+    ),
+    ("system_scope_is_its_own_unit", system_scope_is_its_own_unit),
+    (
+        "audit_records_name_unit_app_rule",
+        audit_records_name_unit_app_rule,
+    ),
+    (
+        "daemon_restart_lets_nothing_through",
+        daemon_restart_lets_nothing_through,
+    ),
+];
+
+fn main() -> ExitCode {
+    // cargo passes libtest's options through; they are ignored, with the values of those that
+    // take a separate one.
+    let mut filters = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if [
+            "--test-threads",
+            "--skip",
+            "--color",
+            "--format",
+            "--logfile",
+            "-Z",
+        ]
+        .contains(&arg.as_str())
+        {
+            args.next();
+        } else if !arg.starts_with('-') {
+            filters.push(arg);
+        }
+    }
+    if std::env::args().any(|arg| arg == "--list") {
+        for (name, _) in CASES {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let selected: Vec<(&str, Case)> = CASES
+        .iter()
+        .copied()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if selected.is_empty() {
+        println!("no case matches {filters:?}");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(reason) = container::check_support().and_then(|()| check_tools()) {
+        println!("skipping: {reason}");
+        return ExitCode::SUCCESS;
+    }
+    handle_signals();
+
+    let started = Instant::now();
+    println!("booting the container");
+    let container = match Container::boot("harness") {
+        Ok(container) => Arc::new(container),
+        Err(error) => {
+            println!("FAILED: boot: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    *ACTIVE.lock().unwrap() = Some(Arc::clone(&container));
+    println!("booted in {:.1} s", started.elapsed().as_secs_f64());
+
+    let mut failed = 0;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| Lab::set_up(Arc::clone(&container)))) {
+        Ok(Ok(lab)) => {
+            for (name, case) in &selected {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    break;
+                }
+                let case_started = Instant::now();
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| case(&lab)))
+                    .unwrap_or_else(|panic| Err(panic_message(&panic)));
+                let seconds = case_started.elapsed().as_secs_f64();
+                match result {
+                    Ok(()) => println!("test {name} ... ok ({seconds:.1} s)"),
+                    Err(reason) => {
+                        failed += 1;
+                        println!("test {name} ... FAILED ({seconds:.1} s): {reason}");
+                    }
+                }
+            }
+        }
+        Ok(Err(error)) => {
+            failed += 1;
+            println!("FAILED: setup: {error}");
+        }
+        Err(panic) => {
+            failed += 1;
+            println!("FAILED: setup panicked: {}", panic_message(&panic));
+        }
+    }
+
+    ACTIVE.lock().unwrap().take();
+    for error in container.teardown() {
+        println!("teardown: {error}");
+    }
+    println!(
+        "harness: {} cases, {failed} failed, {:.1} s from boot to teardown",
+        selected.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Tools the cases run inside the container, which shares the machine's files.
+fn check_tools() -> Result<(), String> {
+    for tool in ["socat", "useradd", "runuser", "journalctl", "systemd-run"] {
+        if container::find_in_path(tool).is_none() {
+            return Err(format!("{tool} is not installed"));
+        }
+    }
+    if !probe_path().exists() {
+        return Err(format!(
+            "{} is missing; build it with `cargo build --example probe`",
+            probe_path().display()
+        ));
+    }
+    Ok(())
+}
+
+/// Returns the path of the probe example, which cargo builds next to the test binaries' deps
+/// directory.
+fn probe_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    target.join("examples").join("probe")
+}
+
+/// Tears the container down on SIGINT or SIGTERM, then exits.
+fn handle_signals() {
+    std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("failed to build the signal runtime");
+        let signal = runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut interrupt = signal(SignalKind::interrupt()).expect("failed to handle SIGINT");
+            let mut terminate = signal(SignalKind::terminate()).expect("failed to handle SIGTERM");
+            tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            }
+        });
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        println!("{signal}: tearing the container down");
+        let container = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(container) = container {
+            for error in container.teardown() {
+                println!("teardown: {error}");
+            }
+        }
+        std::process::exit(if signal == "SIGINT" { 130 } else { 143 });
+    });
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("panicked: {text}")
+}
+
+/// The container with slicewalld running in it, a listener and a test user.
+struct Lab {
+    container: Arc<Container>,
+    uid: u32,
+}
+
+impl Lab {
+    fn set_up(container: Arc<Container>) -> Result<Lab, String> {
+        let c = &container;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        c.copy_file(
+            Path::new(env!("CARGO_BIN_EXE_slicewalld")),
+            "/usr/bin/slicewalld",
+            0o755,
+        )?;
+        c.copy_file(
+            Path::new(env!("CARGO_BIN_EXE_slicewallctl")),
+            "/usr/bin/slicewallctl",
+            0o755,
+        )?;
+        c.copy_file(&probe_path(), PROBE, 0o755)?;
+        c.copy_file(
+            &root.join("units/slicewalld.service"),
+            "/usr/lib/systemd/system/slicewalld.service",
+            0o644,
+        )?;
+        c.copy_file(
+            &root.join("units/slicewall.catalog"),
+            "/usr/lib/systemd/catalog/slicewall.catalog",
+            0o644,
+        )?;
+        let rules_dir = root.join("units/rules.d");
+        let rules = std::fs::read_dir(&rules_dir)
+            .map_err(|error| format!("failed to read {}: {error}", rules_dir.display()))?;
+        for entry in rules.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".toml") {
+                c.copy_file(
+                    &entry.path(),
+                    &format!("/usr/lib/slicewall/rules.d/{name}"),
+                    0o644,
+                )?;
+            }
+        }
+        c.copy_file(
+            &root.join("tests/systemd/slicewall-bpf.mount"),
+            "/etc/systemd/system/run-slicewall\\x2dbpf.mount",
+            0o644,
+        )?;
+        c.copy_file(
+            &root.join("tests/systemd/pin-dir.conf"),
+            "/etc/systemd/system/slicewalld.service.d/pin-dir.conf",
+            0o644,
+        )?;
+        c.write_file(RULES_FILE, RULES.as_bytes(), 0o644)?;
+        c.exec_ok(&["journalctl", "--update-catalog"])?;
+        c.exec_ok(&["systemctl", "daemon-reload"])?;
+        let security = c.exec(&[
+            "systemd-analyze",
+            "security",
+            "--no-pager",
+            "slicewalld.service",
+        ]);
+        let security = String::from_utf8_lossy(&security.stdout);
+        if let Some(line) = security
+            .lines()
+            .find(|line| line.contains("Overall exposure level"))
+        {
+            println!(
+                "systemd-analyze security: {}",
+                line.trim_start_matches(['→', ' '])
+            );
+        }
+
+        c.exec_ok(&["mkdir", "-p", "/run/harness"])?;
+        c.exec_ok(&["touch", ACCEPTS])?;
+        let listen = format!("TCP-LISTEN:{PORT},bind=127.0.0.1,reuseaddr,fork");
+        let serve = format!("SYSTEM:echo >> {ACCEPTS}; exec cat");
+        c.exec_ok(&[
+            "systemd-run",
+            "--quiet",
+            "--unit",
+            "harness-listen.service",
+            "socat",
+            &listen,
+            &serve,
+        ])?;
+
+        let started = Instant::now();
+        c.exec_ok(&["systemctl", "start", "slicewalld.service"])?;
+        println!(
+            "slicewalld.service started in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        let uid = c.add_user(USER)?;
+        let lab = Lab { container, uid };
+        // The harness's own commands run outside the container's cgroups, so the gate leaves
+        // them alone; this one waits for the listener.
+        wait_for(Duration::from_secs(10), "the listener to accept", || {
+            let output = lab.container.exec(&[PROBE, "tcp", &target()]);
+            Ok(String::from_utf8_lossy(&output.stdout).trim() == "ok")
+        })?;
+        Ok(lab)
+    }
+
+    fn container(&self) -> &Container {
+        &self.container
+    }
+
+    fn accepts(&self) -> Result<usize, String> {
+        Ok(self.container().exec_ok(&["cat", ACCEPTS])?.lines().count())
+    }
+
+    /// Runs the probe once in a new transient service and returns its result line.
+    fn probe_in_service(&self, unit: &str) -> Result<String, String> {
+        let output = self.container().exec(&[
+            "systemd-run",
+            "--quiet",
+            "--wait",
+            "--pipe",
+            "--unit",
+            unit,
+            PROBE,
+            "tcp",
+            &target(),
+        ]);
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// Runs the probe once in a new scope of the system manager.
+    fn probe_in_system_scope(&self, unit: &str) -> String {
+        let output = self.container().exec(&[
+            "systemd-run",
+            "--quiet",
+            "--scope",
+            "-u",
+            unit,
+            PROBE,
+            "tcp",
+            &target(),
+        ]);
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Runs the probe once in a new scope of the test user's manager.
+    fn probe_in_user_scope(&self, unit: &str) -> String {
+        let output =
+            self.container()
+                .run_user_scope(USER, self.uid, unit, &[PROBE, "tcp", &target()]);
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Status of a unit and the daemon's last log lines, for failure messages.
+    fn diagnostics(&self, unit: &str) -> String {
+        let status =
+            self.container()
+                .exec(&["systemctl", "status", "--no-pager", "--lines=5", unit]);
+        let journal = self.container().exec(&[
+            "journalctl",
+            "--no-pager",
+            "--lines=15",
+            "-u",
+            "slicewalld.service",
+            "-u",
+            unit,
+        ]);
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&journal.stdout)
+        )
+    }
+
+    /// Stops a unit and forgets its failure, so that its name can be used again.
+    fn remove_unit(&self, unit: &str) {
+        let _ = self.container().exec(&["systemctl", "stop", unit]);
+        let _ = self.container().exec(&["systemctl", "reset-failed", unit]);
+    }
+
+    fn main_pid(&self) -> Result<String, String> {
+        Ok(self
+            .container()
+            .exec_ok(&["systemctl", "show", "-P", "MainPID", "slicewalld.service"])?
+            .trim()
+            .to_owned())
+    }
+}
+
+fn target() -> String {
+    format!("127.0.0.1:{PORT}")
+}
+
+/// Checks a probe line for a denial: EPERM when the gate decided in the kernel, ECONNABORTED when
+/// it held the connect and the daemon denied it.
+fn is_denied(line: &str) -> bool {
+    line == "error: EPERM (errno 1)" || line == "error: ECONNABORTED (errno 103)"
+}
+
+fn expect_denied(what: &str, line: &str) -> Result<(), String> {
+    if is_denied(line) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: expected a denial, the probe printed {line:?}"
+        ))
+    }
+}
+
+fn expect_allowed(what: &str, line: &str) -> Result<(), String> {
+    if line == "ok" {
+        Ok(())
+    } else {
+        Err(format!("{what}: expected ok, the probe printed {line:?}"))
+    }
+}
+
+/// Returns a random suffix like the ones desktop environments give application scopes.
+fn random_suffix() -> u32 {
+    fastrand::u32(1000..1_000_000)
+}
+
+/// Calls `check` until it returns true or `timeout` passes.
+fn wait_for(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<bool, String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "timed out after {} s waiting for {what}",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Line of the `[[rule]]` header of the `index`th rule (from 0) in [`RULES`], as audit records
+/// cite it.
+fn rule_line(index: usize) -> usize {
+    RULES
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.trim() == "[[rule]]")
+        .nth(index)
+        .map(|(number, _)| number + 1)
+        .expect("RULES has that many rules")
+}
+
+fn field<'a>(record: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    record.get(name).and_then(serde_json::Value::as_str)
+}
+
+/// Waits for a denial record of slicewalld for `unit` and returns it.
+fn find_denial(lab: &Lab, unit: &str) -> Result<serde_json::Value, String> {
+    let mut found = None;
+    wait_for(
+        Duration::from_secs(5),
+        &format!("a denial record for {unit}"),
+        || {
+            let records = lab.container().journal_json(&[
+                "-t",
+                "slicewalld",
+                "SLICEWALL_VERDICT=deny",
+                &format!("SLICEWALL_UNIT={unit}"),
+            ])?;
+            found = records.into_iter().last();
+            Ok(found.is_some())
+        },
+    )?;
+    Ok(found.expect("wait_for returned after a record was found"))
+}
+
+fn daemon_runs_under_systemd(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    let active = c.exec(&["systemctl", "is-active", "slicewalld.service"]);
+    let active = String::from_utf8_lossy(&active.stdout).trim().to_owned();
+    if active != "active" {
+        return Err(format!("slicewalld.service is {active:?}, expected active"));
+    }
+    // Type=notify reaches active only after READY=1; the status text comes with it.
+    let status = c.exec_ok(&[
+        "systemctl",
+        "show",
+        "-P",
+        "StatusText",
+        "slicewalld.service",
+    ])?;
+    if !status.contains("slicewalld started: guarding") {
+        return Err(format!("unexpected StatusText after start: {status:?}"));
+    }
+
+    let pid = lab.main_pid()?;
+    c.exec_ok(&["systemctl", "reload", "slicewalld.service"])?;
+    wait_for(
+        Duration::from_secs(5),
+        "StatusText to report the reload",
+        || {
+            let status = c.exec_ok(&[
+                "systemctl",
+                "show",
+                "-P",
+                "StatusText",
+                "slicewalld.service",
+            ])?;
+            Ok(status.starts_with("reloaded "))
+        },
+    )?;
+    let after = lab.main_pid()?;
+    if after != pid {
+        return Err(format!(
+            "reload restarted the daemon: MainPID {pid} became {after}"
+        ));
+    }
+    let loaded = c.journal_json(&[
+        "-t",
+        "slicewalld",
+        "MESSAGE_ID=32dc7c991f764cb6852204a892137fe1",
+    ])?;
+    if loaded.is_empty() {
+        return Err("no rules-loaded record in the journal after the reload".into());
+    }
+    let check = c.exec_ok(&["slicewallctl", "check"])?;
+    if !check.contains(RULES_FILE) {
+        return Err(format!(
+            "slicewallctl check does not list {RULES_FILE}: {check}"
+        ));
+    }
+    Ok(())
+}
+
+fn unit_rule_survives_unit_restart(lab: &Lab) -> Result<(), String> {
+    lab.remove_unit("svc-deny.service");
+    let result = unit_restart_checks(lab);
+    lab.remove_unit("svc-deny.service");
+    result
+}
+
+fn unit_restart_checks(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    let accepts = lab.accepts()?;
+    let log = "/run/harness/svc-deny.log";
+    // RemainAfterExit keeps the unit loaded after the probe exits, so it can be restarted. Each
+    // start runs it in a new cgroup, whose ID the script prints before the probe.
+    let script = format!(
+        "stat -c 'cgroup %i' /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); exec {PROBE} tcp {}",
+        target()
+    );
+    let output = format!("StandardOutput=append:{log}");
+    c.exec_ok(&[
+        "systemd-run",
+        "--quiet",
+        "--unit",
+        "svc-deny.service",
+        "-p",
+        "RemainAfterExit=yes",
+        "-p",
+        &output,
+        "sh",
+        "-c",
+        &script,
+    ])?;
+    let read_log = || -> Result<Vec<String>, String> {
+        Ok(c.exec_ok(&["cat", log])?
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    };
+    wait_for(
+        Duration::from_secs(15),
+        "the first run of svc-deny.service",
+        || Ok(read_log()?.len() >= 2),
+    )?;
+    c.exec_ok(&["systemctl", "restart", "svc-deny.service"])?;
+    wait_for(
+        Duration::from_secs(15),
+        "the restarted svc-deny.service",
+        || Ok(read_log()?.len() >= 4),
+    )?;
+    let lines = read_log()?;
+    if lines[0] == lines[2] {
+        return Err(format!("the restart kept the cgroup: {lines:?}"));
+    }
+    expect_denied("svc-deny.service, first run", &lines[1])?;
+    expect_denied("svc-deny.service after a restart", &lines[3])?;
+    if lab.accepts()? != accepts {
+        return Err("the listener accepted a connection from svc-deny.service".into());
+    }
+
+    let allowed = lab.probe_in_service("svc-allow.service")?;
+    expect_allowed("svc-allow.service", &allowed)?;
+    if lab.accepts()? != accepts + 1 {
+        return Err("the listener did not count the connection of svc-allow.service".into());
+    }
+    Ok(())
+}
+
+fn app_rule_applies_to_user_scopes(lab: &Lab) -> Result<(), String> {
+    let accepts = lab.accepts()?;
+    for run in ["first scope", "second scope (a restart of the app)"] {
+        let unit = format!("app-test-{APP_ID}-{}.scope", random_suffix());
+        let line = lab.probe_in_user_scope(&unit);
+        expect_denied(&format!("{unit}, {run}"), &line)?;
+    }
+    if lab.accepts()? != accepts {
+        return Err(format!("the listener accepted a connection from {APP_ID}"));
+    }
+    let other = format!("app-test-org.example.Other-{}.scope", random_suffix());
+    expect_allowed(&other, &lab.probe_in_user_scope(&other))?;
+    Ok(())
+}
+
+fn system_scope_is_its_own_unit(lab: &Lab) -> Result<(), String> {
+    let accepts = lab.accepts()?;
+    expect_denied(
+        "harness-deny.scope",
+        &lab.probe_in_system_scope("harness-deny.scope"),
+    )?;
+    expect_allowed(
+        "harness-allow.scope",
+        &lab.probe_in_system_scope("harness-allow.scope"),
+    )?;
+    if lab.accepts()? != accepts + 1 {
+        return Err("the listener did not count exactly the allowed scope's connection".into());
+    }
+    let record = find_denial(lab, "harness-deny.scope")?;
+    let cgroup = field(&record, "SLICEWALL_CGROUP");
+    if cgroup != Some("/system.slice/harness-deny.scope") {
+        return Err(format!("the denial names cgroup {cgroup:?}"));
+    }
+    Ok(())
+}
+
+fn audit_records_name_unit_app_rule(lab: &Lab) -> Result<(), String> {
+    lab.remove_unit("svc-deny.service");
+    expect_denied(
+        "svc-deny.service",
+        &lab.probe_in_service("svc-deny.service")?,
+    )?;
+    let record = find_denial(lab, "svc-deny.service")?;
+    let rule = format!("{RULES_FILE}:{}", rule_line(0));
+    for (name, expected) in [
+        ("SLICEWALL_RULE", rule.as_str()),
+        ("SLICEWALL_REASON", "rule"),
+        ("SLICEWALL_EXE", PROBE),
+        ("SLICEWALL_ADDRESS", "127.0.0.1"),
+        ("SLICEWALL_PORT", "18080"),
+        ("SLICEWALL_PROTOCOL", "tcp"),
+        ("SLICEWALL_CGROUP", "/system.slice/svc-deny.service"),
+    ] {
+        if field(&record, name) != Some(expected) {
+            return Err(format!(
+                "svc-deny.service record: {name} is {:?}, expected {expected:?}",
+                field(&record, name)
+            ));
+        }
+    }
+
+    let unit = format!("app-test-{APP_ID}-{}.scope", random_suffix());
+    expect_denied(&unit, &lab.probe_in_user_scope(&unit))?;
+    let record = find_denial(lab, &unit)?;
+    let rule = format!("{RULES_FILE}:{}", rule_line(3));
+    let uid = lab.uid.to_string();
+    for (name, expected) in [
+        ("SLICEWALL_APP", APP_ID),
+        ("SLICEWALL_RULE", rule.as_str()),
+        ("SLICEWALL_UID", uid.as_str()),
+        ("SLICEWALL_EXE", PROBE),
+    ] {
+        if field(&record, name) != Some(expected) {
+            return Err(format!(
+                "{unit} record: {name} is {:?}, expected {expected:?}",
+                field(&record, name)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn daemon_restart_lets_nothing_through(lab: &Lab) -> Result<(), String> {
+    lab.remove_unit("svc-loop.service");
+    let result = restart_checks(lab);
+    lab.remove_unit("svc-loop.service");
+    result
+}
+
+fn restart_checks(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    let accepts = lab.accepts()?;
+    let log = "/run/harness/svc-loop.log";
+    // A new probe process for every attempt, so attempts during the restart are programs the
+    // gate has not identified yet as well as known ones.
+    let script = format!("while :; do {PROBE} tcp {}; sleep 0.01; done", target());
+    let output = format!("StandardOutput=append:{log}");
+    c.exec_ok(&[
+        "systemd-run",
+        "--quiet",
+        "--unit",
+        "svc-loop.service",
+        "-p",
+        &output,
+        "sh",
+        "-c",
+        &script,
+    ])?;
+    let attempts = || -> Result<usize, String> { Ok(c.exec_ok(&["cat", log])?.lines().count()) };
+    wait_for(Duration::from_secs(10), "the loop's first attempts", || {
+        Ok(attempts()? >= 5)
+    })
+    .map_err(|error| {
+        format!(
+            "{error}\n{}\n{}",
+            lab.diagnostics("svc-loop.service"),
+            c.exec_ok(&["cat", log]).unwrap_or_default()
+        )
+    })?;
+
+    let pid = lab.main_pid()?;
+    let before = attempts()?;
+    c.exec_ok(&["systemctl", "restart", "slicewalld.service"])?;
+    let after_restart = attempts()?;
+    let new_pid = lab.main_pid()?;
+    std::thread::sleep(Duration::from_millis(500));
+    c.exec_ok(&["systemctl", "stop", "svc-loop.service"])?;
+    // The new daemon must have identified the loop's programs again and decided by the rule.
+    let after = c.journal_json(&[
+        "-t",
+        "slicewalld",
+        &format!("_PID={new_pid}"),
+        "SLICEWALL_UNIT=svc-loop.service",
+    ])?;
+    if !after
+        .iter()
+        .any(|record| field(record, "SLICEWALL_REASON") == Some("rule"))
+    {
+        return Err(format!(
+            "the restarted daemon (pid {new_pid}) wrote no rule decision for svc-loop.service"
+        ));
+    }
+
+    let lines: Vec<String> = c
+        .exec_ok(&["cat", log])?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if new_pid == pid {
+        return Err(format!("slicewalld kept MainPID {pid} across the restart"));
+    }
+    if after_restart <= before {
+        return Err("the loop made no attempt while slicewalld restarted".into());
+    }
+    if let Some(line) = lines.iter().find(|line| !is_denied(line)) {
+        return Err(format!(
+            "an attempt of svc-loop.service was not denied: {line:?} ({} attempts)",
+            lines.len()
+        ));
+    }
+    let gained = lab.accepts()? - accepts;
+    if gained != 0 {
+        return Err(format!(
+            "the listener accepted {gained} connections of svc-loop.service"
+        ));
+    }
+    println!(
+        "  {} attempts in all, {} during the restart, none got through",
+        lines.len(),
+        after_restart - before
+    );
+    Ok(())
+}

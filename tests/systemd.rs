@@ -88,7 +88,19 @@ const CASES: &[(&str, Case)] = &[
         "daemon_restart_lets_nothing_through",
         daemon_restart_lets_nothing_through,
     ),
+    (
+        "prefix_dropin_covers_app_scopes",
+        prefix_dropin_covers_app_scopes,
+    ),
+    (
+        "slice_dropin_covers_its_units",
+        slice_dropin_covers_its_units,
+    ),
+    ("status_and_units_over_dbus", status_and_units_over_dbus),
 ];
+
+/// MESSAGE_ID of the daemon's rules-loaded records.
+const RULES_LOADED_ID: &str = "32dc7c991f764cb6852204a892137fe1";
 
 fn main() -> ExitCode {
     // cargo passes libtest's options through; they are ignored, with the values of those that
@@ -308,6 +320,24 @@ impl Lab {
             "/etc/systemd/system/slicewalld.service.d/pin-dir.conf",
             0o644,
         )?;
+        c.copy_file(
+            &root.join("dbus/org.slicewall.Firewall1.conf"),
+            "/usr/share/dbus-1/system.d/org.slicewall.Firewall1.conf",
+            0o644,
+        )?;
+        c.copy_file(
+            &root.join("dbus/org.slicewall.Firewall1.xml"),
+            "/usr/share/dbus-1/interfaces/org.slicewall.Firewall1.xml",
+            0o644,
+        )?;
+        c.exec_ok(&[
+            "busctl",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "ReloadConfig",
+        ])?;
         c.write_file(RULES_FILE, RULES.as_bytes(), 0o644)?;
         c.exec_ok(&["journalctl", "--update-catalog"])?;
         c.exec_ok(&["systemctl", "daemon-reload"])?;
@@ -431,6 +461,53 @@ impl Lab {
     fn remove_unit(&self, unit: &str) {
         let _ = self.container().exec(&["systemctl", "stop", unit]);
         let _ = self.container().exec(&["systemctl", "reset-failed", unit]);
+    }
+
+    /// Reloads the daemon's rules and waits for its rules-loaded record.
+    fn reload_rules(&self) -> Result<(), String> {
+        let count = || -> Result<usize, String> {
+            let matcher = format!("MESSAGE_ID={RULES_LOADED_ID}");
+            Ok(self.container().journal_json(&[&matcher])?.len())
+        };
+        let before = count()?;
+        self.container()
+            .exec_ok(&["systemctl", "reload", "slicewalld.service"])?;
+        wait_for(Duration::from_secs(10), "the rules-loaded record", || {
+            Ok(count()? > before)
+        })
+    }
+
+    /// Writes a per-unit drop-in file and reloads the rules.
+    fn add_dropin(&self, directory: &str, contents: &str) -> Result<String, String> {
+        let path = format!("/etc/slicewall/units/{directory}/50-harness.toml");
+        self.container()
+            .write_file(&path, contents.as_bytes(), 0o644)?;
+        self.reload_rules()?;
+        Ok(path)
+    }
+
+    /// Removes a file written by [`Lab::add_dropin`] and reloads the rules.
+    fn remove_dropin(&self, path: &str) -> Result<(), String> {
+        self.container().exec_ok(&["rm", "-f", path])?;
+        self.reload_rules()
+    }
+
+    /// Runs the probe once in a new transient service in `slice`.
+    fn probe_in_slice(&self, slice: &str, unit: &str) -> String {
+        let output = self.container().exec(&[
+            "systemd-run",
+            "--quiet",
+            "--wait",
+            "--pipe",
+            "--slice",
+            slice,
+            "--unit",
+            unit,
+            PROBE,
+            "tcp",
+            &target(),
+        ]);
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     fn main_pid(&self) -> Result<String, String> {
@@ -828,4 +905,211 @@ fn restart_checks(lab: &Lab) -> Result<(), String> {
         after_restart - before
     );
     Ok(())
+}
+
+/// Rule of the drop-in cases: no `unit` key, the directory names the units.
+const DROPIN_DENY: &str = "[[rule]]\naction = \"deny\"\naddress = \"127.0.0.1\"\nport = 18080\n";
+
+fn prefix_dropin_covers_app_scopes(lab: &Lab) -> Result<(), String> {
+    // Before the drop-in, a scope of another application is allowed.
+    let other = format!("app-harness-org.example.Other-{}.scope", random_suffix());
+    expect_allowed(
+        "app scope before the drop-in",
+        &lab.probe_in_user_scope(&other),
+    )?;
+
+    let path = lab.add_dropin("app-.scope.d", DROPIN_DENY)?;
+    let result = prefix_dropin_checks(lab);
+    lab.remove_dropin(&path)?;
+    result?;
+
+    let after = format!("app-harness-org.example.Other-{}.scope", random_suffix());
+    expect_allowed(
+        "app scope after removing the drop-in",
+        &lab.probe_in_user_scope(&after),
+    )
+}
+
+fn prefix_dropin_checks(lab: &Lab) -> Result<(), String> {
+    let scope = format!("app-harness-org.example.Other-{}.scope", random_suffix());
+    expect_denied(
+        "app scope under app-.scope.d",
+        &lab.probe_in_user_scope(&scope),
+    )?;
+    let record = find_denial(lab, &scope)?;
+    let rule = field(&record, "SLICEWALL_RULE").unwrap_or_default();
+    if !rule.starts_with("/etc/slicewall/units/app-.scope.d/50-harness.toml:") {
+        return Err(format!(
+            "the denial names rule {rule:?}, expected the drop-in file"
+        ));
+    }
+    // A user scope whose name does not start with "app-" is not covered.
+    let plain = format!("run-harness-{}.scope", random_suffix());
+    expect_allowed("run- scope", &lab.probe_in_user_scope(&plain))
+}
+
+fn slice_dropin_covers_its_units(lab: &Lab) -> Result<(), String> {
+    let path = lab.add_dropin("harness.slice.d", DROPIN_DENY)?;
+    let result = (|| {
+        let inside = format!("svc-slice-{}.service", random_suffix());
+        let line = lab.probe_in_slice("harness.slice", &inside);
+        lab.remove_unit(&inside);
+        expect_denied("service in harness.slice", &line)?;
+
+        let outside = format!("svc-slice-{}.service", random_suffix());
+        let line = lab.probe_in_slice("system.slice", &outside);
+        lab.remove_unit(&outside);
+        expect_allowed("service in system.slice", &line)
+    })();
+    lab.remove_dropin(&path)?;
+    result
+}
+
+fn status_and_units_over_dbus(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    // The daemon reaches the system bus a moment after it starts.
+    let mut status = c.exec(&["slicewallctl", "status"]);
+    let _ = wait_for(Duration::from_secs(5), "a healthy status", || {
+        status = c.exec(&["slicewallctl", "status"]);
+        Ok(status.status.code() == Some(0))
+    });
+    let text = String::from_utf8_lossy(&status.stdout);
+    if status.status.code() != Some(0) || !text.contains(": healthy") {
+        return Err(format!(
+            "slicewallctl status exited with {:?}: {text}{}",
+            status.status.code(),
+            String::from_utf8_lossy(&status.stderr)
+        ));
+    }
+    if !text.contains("following systemd: yes") {
+        return Err(format!(
+            "slicewallctl status does not follow systemd: {text}"
+        ));
+    }
+
+    // A running user scope with an app ID, and a running service that a rule denies as a whole.
+    let scope = format!("app-harness-org.example.Listed-{}.scope", random_suffix());
+    let mut scope_process = c.run_user_scope_background(USER, lab.uid, &scope, &["sleep", "20"])?;
+    c.write_file(
+        "/etc/slicewall/rules.d/61-harness-units.toml",
+        b"[[rule]]\naction = \"deny\"\nunit = \"svc-listed.service\"\n",
+        0o644,
+    )?;
+    lab.reload_rules()?;
+    c.exec_ok(&[
+        "systemd-run",
+        "--quiet",
+        "--unit",
+        "svc-listed.service",
+        "sleep",
+        "30",
+    ])?;
+    let result = (|| {
+        let mut listing = String::new();
+        wait_for(
+            Duration::from_secs(5),
+            "both units in slicewallctl units",
+            || {
+                listing = c.exec_ok(&["slicewallctl", "units"])?;
+                Ok(listing.contains(&scope) && listing.contains("svc-listed.service"))
+            },
+        )
+        .map_err(|error| {
+            format!(
+                "{error}: {listing}\n{}",
+                lab.diagnostics("svc-listed.service")
+            )
+        })?;
+        let scope_line = listing
+            .lines()
+            .find(|line| line.contains(&scope))
+            .unwrap_or_default();
+        let columns: Vec<&str> = scope_line.split_whitespace().collect();
+        if columns.get(1) != Some(&format!("user@{}.service", lab.uid).as_str())
+            || columns.get(2) != Some(&"org.example.Listed")
+        {
+            return Err(format!("unexpected row for the user scope: {scope_line:?}"));
+        }
+        let service_line = listing
+            .lines()
+            .find(|line| line.contains("svc-listed.service"))
+            .unwrap_or_default();
+        let columns: Vec<&str> = service_line.split_whitespace().collect();
+        if columns.get(1) != Some(&"system") || columns.get(3) != Some(&"deny") {
+            return Err(format!(
+                "unexpected row for the denied service: {service_line:?}"
+            ));
+        }
+
+        // The same rows over busctl, and the cgroup ID follows a restart.
+        let id_before = listed_cgroup_id(c, "svc-listed.service")?;
+        c.exec_ok(&["systemctl", "restart", "svc-listed.service"])?;
+        wait_for(
+            Duration::from_secs(5),
+            "a new cgroup ID in ListUnits",
+            || Ok(listed_cgroup_id(c, "svc-listed.service")? != id_before),
+        )?;
+        let on_disk = c.exec_ok(&[
+            "stat",
+            "-c",
+            "%i",
+            "/sys/fs/cgroup/system.slice/svc-listed.service",
+        ])?;
+        let listed = listed_cgroup_id(c, "svc-listed.service")?;
+        if on_disk.trim() != listed.to_string() {
+            return Err(format!(
+                "ListUnits says cgroup {listed}, the cgroup file system {on_disk}"
+            ));
+        }
+
+        // The introspection data the daemon serves has every member of the shipped XML.
+        let live = c.exec_ok(&[
+            "busctl",
+            "introspect",
+            "--xml-interface",
+            "org.slicewall.Firewall1",
+            "/org/slicewall/Firewall1",
+        ])?;
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.slicewall.Firewall1.xml"),
+        )
+        .map_err(|error| error.to_string())?;
+        for member in shipped
+            .split("name=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|name| name.chars().next().is_some_and(char::is_uppercase))
+        {
+            if !live.contains(&format!("name=\"{member}\"")) {
+                return Err(format!("the daemon does not serve {member}"));
+            }
+        }
+        Ok(())
+    })();
+    lab.remove_unit("svc-listed.service");
+    let _ = scope_process.kill();
+    let _ = scope_process.wait();
+    c.exec_ok(&["rm", "-f", "/etc/slicewall/rules.d/61-harness-units.toml"])?;
+    lab.reload_rules()?;
+    result
+}
+
+/// Returns the cgroup ID that `ListUnits` reports for a system unit.
+fn listed_cgroup_id(c: &Container, unit: &str) -> Result<u64, String> {
+    let reply = c.exec_ok(&[
+        "busctl",
+        "call",
+        "--json=short",
+        "org.slicewall.Firewall1",
+        "/org/slicewall/Firewall1",
+        "org.slicewall.Firewall1",
+        "ListUnits",
+    ])?;
+    let reply: serde_json::Value =
+        serde_json::from_str(&reply).map_err(|error| format!("invalid busctl output: {error}"))?;
+    let rows = reply["data"][0].as_array().cloned().unwrap_or_default();
+    rows.iter()
+        .find(|row| row[0] == unit && row[1] == "system")
+        .and_then(|row| row[5].as_u64())
+        .ok_or_else(|| format!("ListUnits has no row for {unit}: {reply}"))
 }

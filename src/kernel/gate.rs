@@ -623,7 +623,11 @@ pub fn initial_config(
         guard_level,
         guard_cgroup_id,
         generation: previous.generation,
-        padding: 0,
+        guard_level_found: if previous.guard_cgroup_id == guard_cgroup_id {
+            previous.guard_level_found
+        } else {
+            0
+        },
         pidns_dev: pid_namespace.0,
         pidns_ino: pid_namespace.1,
     }

@@ -221,6 +221,17 @@ impl Follower {
         let mut messages = zbus::MessageStream::for_match_rule(rule, &connection, None)
             .await
             .context("AddMatch failed")?;
+        // zbus stops reading the connection while a stream's queue is full, and the calls below
+        // wait for replies on the same connection. So a task of its own moves each signal into an
+        // unbounded queue at once; otherwise a burst of signals during a call deadlocks both.
+        let (signal_sender, mut signals) = mpsc::unbounded_channel::<zbus::Result<zbus::Message>>();
+        let _reader = AbortOnDrop(tokio::spawn(async move {
+            while let Some(message) = messages.next().await {
+                if signal_sender.send(message).is_err() {
+                    break;
+                }
+            }
+        }));
         let session = Session {
             connection,
             manager,
@@ -251,7 +262,7 @@ impl Follower {
             return Ok(());
         }
 
-        while let Some(message) = messages.next().await {
+        while let Some(message) = signals.recv().await {
             let message = message.context("failed to read from the manager")?;
             if message.message_type() != MessageType::Signal {
                 continue;
@@ -360,6 +371,15 @@ impl Follower {
             }
         }
         let _ = self.updates.send(Update::Removed { manager, name });
+    }
+}
+
+/// Aborts a task when dropped, so a follower's reader task ends with the follower.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -433,6 +433,40 @@ impl Container {
         self.exec(&args)
     }
 
+    /// Starts a command as `user` in a new scope `unit` of the user's manager and returns without
+    /// waiting for it. The command should end by itself; the returned child is the `nsenter`
+    /// process, which the caller waits for or kills.
+    pub fn run_user_scope_background(
+        &self,
+        user: &str,
+        uid: u32,
+        unit: &str,
+        command: &[&str],
+    ) -> Result<std::process::Child, String> {
+        let runtime = format!("XDG_RUNTIME_DIR=/run/user/{uid}");
+        let mut args = vec![
+            "runuser",
+            "-u",
+            user,
+            "--",
+            "env",
+            &runtime,
+            "systemd-run",
+            "--user",
+            "--scope",
+            "--quiet",
+            "-u",
+            unit,
+            "--",
+        ];
+        args.extend_from_slice(command);
+        self.nsenter(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|error| format!("failed to start {unit}: {error}"))
+    }
+
     /// Powers the container off, kills it if it does not stop within the timeout, and removes
     /// its mounts and cgroup. Runs once; later calls return at once. Returns what failed.
     pub fn teardown(&self) -> Vec<String> {

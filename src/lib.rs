@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod exe;
 pub mod kernel;
+pub mod nft;
 pub mod policy;
 pub mod rules;
 pub mod unit;

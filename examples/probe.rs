@@ -14,6 +14,10 @@
 //!
 //! `--exec-after-ms N PROGRAM [ARGS...]` sleeps N milliseconds, then replaces itself with PROGRAM.
 //!
+//! `probe tcp-hold ADDRESS:PORT` keeps one TCP connection open: it prints `connected`, then for
+//! each line read from standard input sends `ping` and waits up to 2 seconds for the reply,
+//! printing `ok` or the error as above. It exits at the end of its input.
+//!
 //! For benchmarks, `loop-tcp` (connect and close) and `loop-udp` (one sendto) with
 //! `--repeat N` make N flows as fast as they can and print `N flows in S seconds`.
 
@@ -78,6 +82,9 @@ fn main() -> ExitCode {
     };
     std::thread::sleep(Duration::from_millis(wait_ms));
 
+    if kind == "tcp-hold" {
+        return hold_tcp(target);
+    }
     if let Some(benchmark) = kind.strip_prefix("loop-") {
         return run_loop(benchmark, target, repeat);
     }
@@ -203,6 +210,44 @@ fn tcp(target: SocketAddr) -> std::io::Result<()> {
     let mut reply = [0u8; 5];
     stream.read_exact(&mut reply)?;
     Ok(())
+}
+
+/// Keeps one connection and makes one round trip on it per line of standard input.
+fn hold_tcp(target: SocketAddr) -> ExitCode {
+    use std::io::BufRead;
+
+    let mut stream = match TcpStream::connect_timeout(&target, Duration::from_secs(10)) {
+        Ok(stream) => stream,
+        Err(error) => {
+            print_error(&error);
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("connected");
+    let _ = std::io::stdout().flush();
+    for line in std::io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
+        }
+        let result = stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .and_then(|()| stream.write_all(b"ping\n"))
+            .and_then(|()| {
+                let mut reply = [0u8; 5];
+                stream.read_exact(&mut reply)
+            });
+        match result {
+            Ok(()) => println!("ok"),
+            Err(error) => print_error(&error),
+        }
+        let _ = std::io::stdout().flush();
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_error(error: &std::io::Error) {
+    let errno = error.raw_os_error().unwrap_or(0);
+    println!("error: {} (errno {errno})", errno_name(errno));
 }
 
 fn bind_any(target: SocketAddr) -> std::io::Result<UdpSocket> {

@@ -15,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod exe;
 pub mod kernel;
+pub mod nft;
 pub mod policy;
 pub mod rules;
 pub mod systemd;

@@ -609,12 +609,23 @@ pub fn run_in(cgroup: &Cgroup, netns: &Netns, program: &Path, args: &[&str]) -> 
 /// Starts `program` inside `cgroup` and `netns`; it joins both before exec, so its first
 /// instruction already runs there.
 pub fn spawn_in(cgroup: &Cgroup, netns: &Netns, program: &Path, args: &[&str]) -> Child {
+    spawn_in_with_stdin(cgroup, netns, program, args, Stdio::null())
+}
+
+/// Like [`spawn_in`], with the given standard input, such as `Stdio::piped()`.
+pub fn spawn_in_with_stdin(
+    cgroup: &Cgroup,
+    netns: &Netns,
+    program: &Path,
+    args: &[&str],
+    stdin: Stdio,
+) -> Child {
     let procs = cgroup.path.join("cgroup.procs");
     let netns_file = fs::File::open(netns.path()).unwrap();
     let mut command = Command::new(program);
     command
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let netns_fd = netns_file.as_raw_fd();

@@ -185,18 +185,15 @@ static __always_inline __u32 current_tgid(const struct slicewall_config *cfg, __
 /* Checks whether the calling task lies in the guarded cgroup subtree. The guarded cgroup's level
  * counted from the root of the whole hierarchy is at least the level the daemon sees, and more
  * when the daemon runs in a cgroup namespace, so the levels below are searched too. */
-static __always_inline int in_guarded_subtree(struct slicewall_config *cfg)
+static __always_inline int in_guarded_subtree(const struct slicewall_config *cfg)
 {
 	__u64 ancestor;
 	int i;
 
 	for (i = 0; i < SLICEWALL_GUARD_LEVEL_SEARCH; i++) {
 		ancestor = bpf_get_current_ancestor_cgroup_id(cfg->guard_level + i);
-		if (ancestor == cfg->guard_cgroup_id) {
-			if (cfg->guard_level_found != cfg->guard_level + i)
-				cfg->guard_level_found = cfg->guard_level + i;
+		if (ancestor == cfg->guard_cgroup_id)
 			return 1;
-		}
 		if (!ancestor) /* the task's own cgroup is above this level */
 			return 0;
 	}

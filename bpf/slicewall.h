@@ -63,10 +63,7 @@ struct slicewall_config {
 	__u32 guard_level;      /* depth of the guarded cgroup below the cgroup v2 root */
 	__u64 guard_cgroup_id;  /* the guarded cgroup; exec tracking ignores tasks outside it */
 	__u32 generation;       /* changes whenever the rules change, voiding cached verdicts */
-	/* Depth of the guarded cgroup below the root of the whole hierarchy, as exec tracking found
-	 * it, or 0 before the first exec in the subtree. It exceeds guard_level by the depth of the
-	 * daemon's cgroup namespace root; nftables counts cgroup levels from the whole root. */
-	__u32 guard_level_found;
+	__u32 padding;
 	/* The daemon's PID namespace as the device and inode number of its nsfs file, which
 	 * bpf_get_ns_current_pid_tgid() takes; process IDs in events are in this namespace.
 	 * pidns_ino 0 means the initial PID namespace, whose IDs bpf_get_current_pid_tgid()

@@ -42,6 +42,9 @@ pub mod message_id {
     pub const COALESCED: &str = "d96a81074250419ea3d86081a515b930";
     /// lost-events: the kernel dropped decision events before the daemon read them.
     pub const LOST_EVENTS: &str = "b82630904fa64ad8be388dcd26cfeea5";
+    /// nftables-restored: someone else deleted or changed table inet slicewall, and the daemon
+    /// restored it.
+    pub const NFTABLES_RESTORED: &str = "1de1248fc59342299b82548b9f897c99";
     /// started: the daemon attached the gate and began deciding.
     pub const STARTED: &str = "a8ea7f7f08594e7da6dc39b3304d72e5";
     /// stopped: the daemon stopped.
@@ -152,6 +155,7 @@ pub enum EventKind {
     RulesLoaded,
     RulesRejected,
     LostEvents,
+    NftablesRestored,
 }
 
 impl EventKind {
@@ -162,13 +166,14 @@ impl EventKind {
             EventKind::RulesLoaded => message_id::RULES_LOADED,
             EventKind::RulesRejected => message_id::RULES_REJECTED,
             EventKind::LostEvents => message_id::LOST_EVENTS,
+            EventKind::NftablesRestored => message_id::NFTABLES_RESTORED,
         }
     }
 
     fn priority(self) -> Priority {
         match self {
             EventKind::Started | EventKind::Stopped | EventKind::RulesLoaded => Priority::Info,
-            EventKind::LostEvents => Priority::Warning,
+            EventKind::LostEvents | EventKind::NftablesRestored => Priority::Warning,
             EventKind::RulesRejected => Priority::Error,
         }
     }
@@ -1157,6 +1162,7 @@ mod tests {
             EventKind::RulesLoaded,
             EventKind::RulesRejected,
             EventKind::LostEvents,
+            EventKind::NftablesRestored,
         ];
         let mut ids: Vec<&str> = kinds.iter().map(|kind| kind.message_id()).collect();
         ids.extend([

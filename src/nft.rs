@@ -116,7 +116,9 @@ pub struct NftUnit {
     /// `/system.slice/foo.service`, as `/proc/PID/cgroup` shows it.
     pub path: String,
     /// Depth of the cgroup below the root of the hierarchy, at least 1. It equals the number of
-    /// components of `path`.
+    /// components of `path`. Inside a cgroup namespace nft counts levels from the namespace's
+    /// root too (checked on kernel 6.18 in a systemd-nspawn container), so the path as this
+    /// process sees it gives the level.
     pub level: u8,
     /// Whether the unit's sockets are cut.
     pub deny: bool,

@@ -941,6 +941,7 @@ fn running_daemon_keeps_its_pins_to_itself() {
         .arg("--pin-dir")
         .arg(&pin_dir)
         .arg("--audit-stderr")
+        .args(["--nftables", "off"])
         .output()
         .unwrap();
     assert_eq!(

@@ -507,6 +507,7 @@ impl JournalDaemon {
             .arg(&cgroup.path)
             .arg("--pin-dir")
             .arg(bpffs.pin_dir())
+            .args(["--nftables", "off"])
             .env("NOTIFY_SOCKET", &notify_path)
             .env("SLICEWALL_LOG", "info")
             .stdin(Stdio::null())

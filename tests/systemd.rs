@@ -97,6 +97,11 @@ const CASES: &[(&str, Case)] = &[
         slice_dropin_covers_its_units,
     ),
     ("status_and_units_over_dbus", status_and_units_over_dbus),
+    (
+        "unit_deny_cuts_established_tcp",
+        unit_deny_cuts_established_tcp,
+    ),
+    ("nftables_table_is_restored", nftables_table_is_restored),
 ];
 
 /// MESSAGE_ID of the daemon's rules-loaded records.
@@ -1112,4 +1117,136 @@ fn listed_cgroup_id(c: &Container, unit: &str) -> Result<u64, String> {
         .find(|row| row[0] == unit && row[1] == "system")
         .and_then(|row| row[5].as_u64())
         .ok_or_else(|| format!("ListUnits has no row for {unit}: {reply}"))
+}
+
+/// Output of the long-lived connection in the cut case.
+const CUT_LOG: &str = "/run/harness/cut.log";
+
+fn unit_deny_cuts_established_tcp(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    // One connection, pinged five times a second, from a service that starts out allowed.
+    let script = format!(
+        "while true; do echo; sleep 0.2; done | {PROBE} tcp-hold {} > {CUT_LOG}",
+        target()
+    );
+    c.exec_ok(&[
+        "systemd-run",
+        "--quiet",
+        "--unit",
+        "svc-cut.service",
+        "sh",
+        "-c",
+        &script,
+    ])?;
+    let result = cut_checks(lab);
+    lab.remove_unit("svc-cut.service");
+    if let Some(path) = result.as_ref().err().and(Some(
+        "/etc/slicewall/units/svc-cut.service.d/50-harness.toml",
+    )) {
+        let _ = lab.remove_dropin(path);
+    }
+    result
+}
+
+fn cut_checks(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    let oks = || -> Result<usize, String> {
+        Ok(c.exec_ok(&["cat", CUT_LOG])?
+            .lines()
+            .filter(|line| *line == "ok")
+            .count())
+    };
+    wait_for(
+        Duration::from_secs(5),
+        "the connection to answer pings",
+        || Ok(oks()? >= 3),
+    )
+    .map_err(|error| {
+        let log = c.exec(&["cat", CUT_LOG]);
+        format!(
+            "{error}; the probe printed {:?}\n{}",
+            String::from_utf8_lossy(&log.stdout),
+            lab.diagnostics("svc-cut.service")
+        )
+    })?;
+
+    // nftables counts the unit's traffic; the daemon reads the counters every five seconds.
+    let mut row = String::new();
+    wait_for(
+        Duration::from_secs(12),
+        "packets counted for svc-cut.service",
+        || {
+            let listing = c.exec_ok(&["slicewallctl", "units"])?;
+            row = listing
+                .lines()
+                .find(|line| line.starts_with("svc-cut.service"))
+                .unwrap_or_default()
+                .to_owned();
+            let packets: u64 = row
+                .split_whitespace()
+                .nth(5)
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(0);
+            Ok(packets > 0)
+        },
+    )
+    .map_err(|error| {
+        let ruleset = c.exec(&["nft", "list", "table", "inet", "slicewall"]);
+        format!(
+            "{error}: row {row:?}\n{}\n{}",
+            String::from_utf8_lossy(&ruleset.stdout),
+            lab.diagnostics("svc-cut.service")
+        )
+    })?;
+
+    // A rule that denies the whole unit; the connection was allowed when it was made.
+    let path = lab.add_dropin("svc-cut.service.d", "[[rule]]\naction = \"deny\"\n")?;
+    let cut_started = Instant::now();
+    let mut log = String::new();
+    let cut = wait_for(
+        Duration::from_secs(5),
+        "the established connection to be cut",
+        || {
+            log = c.exec_ok(&["cat", CUT_LOG])?;
+            Ok(log
+                .lines()
+                .any(|line| line.starts_with("error: ECONNRESET")))
+        },
+    );
+    let seconds = cut_started.elapsed().as_secs_f64();
+    lab.remove_dropin(&path)?;
+    cut.map_err(|error| format!("{error}; the probe printed: {log}"))?;
+    println!("  the connection was reset {seconds:.2} s after the reload was requested");
+
+    let ruleset = c.exec_ok(&["nft", "list", "table", "inet", "slicewall"])?;
+    if !ruleset.contains("socket cgroupv2 level") {
+        return Err(format!("unexpected table inet slicewall: {ruleset}"));
+    }
+    Ok(())
+}
+
+fn nftables_table_is_restored(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    c.exec_ok(&["nft", "add", "table", "inet", "harness_other"])?;
+    c.exec_ok(&["nft", "delete", "table", "inet", "slicewall"])?;
+    wait_for(
+        Duration::from_secs(12),
+        "table inet slicewall to be restored",
+        || {
+            Ok(c.exec(&["nft", "list", "table", "inet", "slicewall"])
+                .status
+                .success())
+        },
+    )?;
+    let records = c.journal_json(&["MESSAGE_ID=1de1248fc59342299b82548b9f897c99"])?;
+    if records.is_empty() {
+        return Err("no nftables-restored record in the journal".into());
+    }
+    // The daemon never touches another table.
+    let other = c.exec(&["nft", "list", "table", "inet", "harness_other"]);
+    c.exec_ok(&["nft", "delete", "table", "inet", "harness_other"])?;
+    if !other.status.success() {
+        return Err("table inet harness_other is gone".into());
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod held;
 mod identify;
+mod nftables;
 pub mod options;
 mod records;
 mod tables;
@@ -26,7 +27,8 @@ use crate::kernel::gate::{self, Gate, GateOptions, MapSizes};
 use crate::rules;
 use crate::systemd::{self, Manager, Update};
 use crate::unit::UnitInfo;
-use options::{AskFallback, FailMode, Options};
+use nftables::NftLayer;
+use options::{AskFallback, FailMode, Nftables, Options};
 use tables::Tables;
 use units::UnitDirectory;
 
@@ -42,6 +44,9 @@ const RECENT_PROCESSES: std::num::NonZeroUsize = match std::num::NonZeroUsize::n
 };
 /// Ticks of 10 ms between sweeps for removed cgroups (one minute).
 const CGROUP_SWEEP_TICKS: u32 = 6000;
+/// Ticks of 10 ms between checks that table inet slicewall is whole, which also read its
+/// counters (five seconds).
+const NFT_CHECK_TICKS: u32 = 500;
 /// Attempts to destroy a denied held socket whose SYN the gate has not yet seen.
 const DESTROY_ATTEMPTS: u32 = 50;
 
@@ -55,6 +60,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             )
         })?;
         tracing::info!(pin_dir = %options.pin_dir.display(), "removed the gate's programs and maps");
+        let booted = systemd::systemd_booted();
+        if options.nftables == Nftables::On || (options.nftables == Nftables::Auto && booted) {
+            match crate::nft::Nft::new().remove() {
+                Ok(()) => tracing::info!("removed table inet slicewall"),
+                Err(error) => tracing::warn!("failed to remove table inet slicewall: {error}"),
+            }
+        }
         return Ok(());
     }
 
@@ -77,7 +89,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut ticks: u32 = 0;
 
     let (unit_sender, mut unit_updates) = tokio::sync::mpsc::unbounded_channel();
-    if systemd::systemd_booted() {
+    let booted = systemd::systemd_booted();
+    if options.nftables == Nftables::On || (options.nftables == Nftables::Auto && booted) {
+        daemon.nft = Some(NftLayer::new());
+        daemon.sync_nftables();
+    }
+    if booted {
         systemd::follow(daemon.cgroup_mount.clone(), unit_sender);
         daemon.following = Following::Connecting("connecting to the system manager".to_owned());
     } else {
@@ -109,6 +126,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 ticks = ticks.wrapping_add(1);
                 if ticks % 100 == 0 {
                     daemon.every_second();
+                }
+                if ticks % 10 == 0 && daemon.sync_nftables() {
+                    daemon.publish_status();
+                }
+                if ticks % NFT_CHECK_TICKS == 0 {
+                    daemon.check_nftables();
+                    daemon.publish_status();
                 }
                 if ticks % CGROUP_SWEEP_TICKS == 0 {
                     daemon.forget_removed_cgroups();
@@ -189,6 +213,8 @@ struct Daemon {
     status: SharedStatus,
     fail_mode: FailMode,
     ask_fallback: AskFallback,
+    /// The nftables layer, when turned on.
+    nft: Option<NftLayer>,
     /// The last start or reload message, sent to systemd as the unit's status text.
     status_text: String,
 }
@@ -284,6 +310,7 @@ impl Daemon {
             status: SharedStatus::default(),
             fail_mode: options.fail_mode,
             ask_fallback: options.ask_fallback,
+            nft: None,
             status_text: String::new(),
         };
         daemon.decide_held_flows(Duration::ZERO);
@@ -340,6 +367,9 @@ impl Daemon {
                 self.degraded.clear();
                 self.rule_files = rule_set.files;
                 self.unit_directory.resummarize(self.tables.rules());
+                if let Some(nft) = &mut self.nft {
+                    nft.mark_dirty();
+                }
                 release_free_memory();
                 let message = format!(
                     "reloaded {count} rules from {} files",
@@ -431,6 +461,9 @@ impl Daemon {
                 }
             },
         }
+        if let Some(nft) = &mut self.nft {
+            nft.mark_dirty();
+        }
         // A unit that restarted or stopped left its cgroup behind; once the directory is gone,
         // its identities go too, instead of waiting for the next sweep.
         let gone: std::collections::HashSet<u64> = gone
@@ -456,7 +489,12 @@ impl Daemon {
         if let Following::Connecting(reason) = &self.following {
             reasons.push(format!("not following the system manager: {reason}"));
         }
-        let rows = self.unit_directory.rows(&HashMap::new());
+        if let Some(error) = self.nft.as_ref().and_then(NftLayer::error) {
+            reasons.push(format!("nftables not in force: {error}"));
+        }
+        let no_counters = HashMap::new();
+        let counters = self.nft.as_ref().map_or(&no_counters, NftLayer::counters);
+        let rows = self.unit_directory.rows(counters);
         let mut status = self
             .status
             .lock()
@@ -472,6 +510,24 @@ impl Daemon {
             .collect();
         status.following_systemd = matches!(self.following, Following::Up);
         status.units = rows;
+    }
+
+    /// Syncs table inet slicewall with the units if they changed. Returns true when it synced.
+    fn sync_nftables(&mut self) -> bool {
+        let Some(nft) = &mut self.nft else {
+            return false;
+        };
+        nft.sync_if_dirty(&self.unit_directory)
+    }
+
+    fn check_nftables(&mut self) {
+        let Some(nft) = &mut self.nft else {
+            return;
+        };
+        if let Some(warning) = nft.check(&self.unit_directory) {
+            self.audit
+                .event(audit::EventKind::NftablesRestored, &warning, &[]);
+        }
     }
 
     fn every_second(&mut self) {

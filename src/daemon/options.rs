@@ -38,6 +38,15 @@ impl AskFallback {
     }
 }
 
+/// Whether the daemon keeps the nftables table `inet slicewall`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Nftables {
+    /// When systemd is the init system, whose units fill the table's sets.
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "slicewalld",
@@ -65,6 +74,12 @@ pub struct Options {
     /// ask about everything in user.slice, from cutting off users' sessions.
     #[arg(long, value_enum, default_value_t = AskFallback::Allow)]
     pub ask_fallback: AskFallback,
+
+    /// Keep table `inet slicewall` in nftables, which cuts the established connections of units
+    /// denied as a whole and counts each unit's traffic. `auto` keeps it when systemd is the init
+    /// system, because the units systemd reports fill the table.
+    #[arg(long, value_enum, default_value_t = Nftables::Auto)]
+    pub nftables: Nftables,
 
     /// Write audit records to standard error even when the journal is available.
     #[arg(long)]

@@ -44,10 +44,7 @@ pub struct Config {
     pub guard_level: u32,
     pub guard_cgroup_id: u64,
     pub generation: u32,
-    /// Depth of the guarded cgroup below the root of the whole cgroup hierarchy, found by exec
-    /// tracking; 0 until the first exec in the guarded subtree. It exceeds `guard_level` inside
-    /// a cgroup namespace.
-    pub guard_level_found: u32,
+    pub padding: u32,
     /// The daemon's PID namespace: device number (in the kernel's encoding) and inode number of
     /// its nsfs file. `pidns_ino` 0 means the initial PID namespace.
     pub pidns_dev: u64,

@@ -623,11 +623,7 @@ pub fn initial_config(
         guard_level,
         guard_cgroup_id,
         generation: previous.generation,
-        guard_level_found: if previous.guard_cgroup_id == guard_cgroup_id {
-            previous.guard_level_found
-        } else {
-            0
-        },
+        padding: 0,
         pidns_dev: pid_namespace.0,
         pidns_ino: pid_namespace.1,
     }

@@ -358,6 +358,9 @@ impl Daemon {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--audit-stderr")
+            // The lab's cgroups are not systemd units, and nftables must stay out of the
+            // machine's own network namespace.
+            .args(["--nftables", "off"])
             .args(extra)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("SLICEWALL_LOG", "info")

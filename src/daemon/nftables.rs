@@ -12,7 +12,7 @@ pub struct NftLayer {
     nft: Nft,
     /// Set when the units or their policies changed since the last sync.
     dirty: bool,
-    /// Why the last sync or check failed, reported as a degraded reason until one succeeds.
+    /// Error of the last failed sync or check, reported as a degraded reason until one succeeds.
     error: Option<String>,
     /// Packets and bytes per cgroup ID, both directions, as of the last check.
     counters: HashMap<u64, (u64, u64)>,

@@ -1197,6 +1197,7 @@ mod tests {
             message_id::DECISION_DENY,
             message_id::COALESCED,
             message_id::LOST_EVENTS,
+            message_id::NFTABLES_RESTORED,
             message_id::STARTED,
             message_id::STOPPED,
             message_id::RULES_LOADED,
@@ -1236,7 +1237,7 @@ mod tests {
         let listed = journalctl(&["--list-catalog"]).unwrap();
 
         let listed = String::from_utf8(listed.stdout).unwrap();
-        assert_eq!(listed.lines().count(), 8, "{listed}");
+        assert_eq!(listed.lines().count(), 9, "{listed}");
         let deny = format!(
             "{} slicewall: slicewall denied a",
             message_id::DECISION_DENY

@@ -183,8 +183,9 @@ static __always_inline __u32 current_tgid(const struct slicewall_config *cfg, __
 }
 
 /* Checks whether the calling task lies in the guarded cgroup subtree. The guarded cgroup's level
- * counted from the root of the whole hierarchy is at least the level the daemon sees, and more
- * when the daemon runs in a cgroup namespace, so the levels below are searched too. */
+ * counted from the root of the whole hierarchy is at least its level in the daemon's cgroup
+ * namespace, and more when that namespace is not the root one, so the levels below are searched
+ * too. */
 static __always_inline int in_guarded_subtree(const struct slicewall_config *cfg)
 {
 	__u64 ancestor;

@@ -46,9 +46,9 @@
 #define SLICEWALL_STAT_PENDING 2
 #define SLICEWALL_STAT_COUNT 4
 
-/* Levels below the guarded cgroup's level in the daemon's view at which exec tracking looks for
- * it. A daemon in a cgroup namespace sees its namespace root at level 0, while the kernel counts
- * levels from the root of the whole hierarchy. */
+/* Levels below the guarded cgroup's level in the daemon's cgroup namespace at which exec tracking
+ * looks for it. Inside a cgroup namespace the namespace root is at level 0, while BPF helpers
+ * count levels from the root of the whole hierarchy. */
 #define SLICEWALL_GUARD_LEVEL_SEARCH 16
 
 /* Identifiers of the policy, exe and rule tables are never 0; 0 means "none". */

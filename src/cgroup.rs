@@ -109,6 +109,34 @@ pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
     Ok(fs::metadata(dir)?.ino())
 }
 
+/// Checks a cgroup path relative to the cgroup2 mount, such as `/system.slice/foo.service`, that
+/// came from another process (a service manager), and returns it without its leading slash.
+/// The path must name a cgroup below the root without leaving it through `..`, and nft must be
+/// able to read it back.
+pub fn check_relative_path(path: &str) -> Result<&str, String> {
+    let relative = path
+        .strip_prefix('/')
+        .ok_or_else(|| format!("path {path:?} does not start with '/'"))?
+        .trim_end_matches('/');
+    if relative.is_empty() {
+        return Err("path names the root cgroup, which is level 0".into());
+    }
+    if relative
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(format!("path {path:?} has an empty, '.' or '..' component"));
+    }
+    // nft text has no escape for a double quote inside a quoted string. systemd escapes '"'
+    // in unit names as \x22, so unit cgroups never contain one.
+    if relative.contains(['"', '\n', '\0']) {
+        return Err(format!(
+            "path {path:?} contains a double quote, a newline or a NUL, which nft cannot read"
+        ));
+    }
+    Ok(relative)
+}
+
 /// Returns the cgroup v2 path of process `pid` from the "0::" line of `/proc/PID/cgroup`,
 /// relative to the root of the caller's cgroup namespace.
 pub fn cgroup_of_pid(pid: u32) -> io::Result<String> {
@@ -235,6 +263,19 @@ impl CgroupIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_path_rejects_escapes() {
+        assert_eq!(
+            check_relative_path("/a.slice/b.service"),
+            Ok("a.slice/b.service")
+        );
+        assert!(check_relative_path("a.slice").is_err());
+        assert!(check_relative_path("/").is_err());
+        assert!(check_relative_path("/a/../b").is_err());
+        assert!(check_relative_path("/a//b").is_err());
+        assert!(check_relative_path("/a\"b").is_err());
+    }
 
     /// Lines from a system with the hybrid layout of systemd: cgroup v1 controllers and the
     /// v2 hierarchy at /sys/fs/cgroup/unified.

@@ -1,8 +1,8 @@
 //! The daemon's D-Bus interface on the system bus: `org.slicewall.Firewall1` at
 //! `/org/slicewall/Firewall1`, described in `dbus/org.slicewall.Firewall1.xml`.
 //!
-//! The interface answers from a [`Status`] that the daemon's main loop keeps up to date, so a
-//! slow or hostile client never holds up a decision. Every member here only reads.
+//! The interface replies from a [`Status`] that the daemon's main loop keeps up to date, so a
+//! slow or hostile client never delays a decision. Every member here only reads.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,12 +35,12 @@ pub type UnitRow = (
     u64,
 );
 
-/// What the D-Bus interface reports, kept current by the daemon.
+/// State that the D-Bus interface reports, kept current by the daemon.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
     pub fail_mode: String,
     pub ask_fallback: String,
-    /// Why the daemon works with less than its full configuration; empty when healthy.
+    /// Reasons the daemon works with less than its full configuration, empty when healthy.
     pub degraded_reasons: Vec<String>,
     pub rule_count: u32,
     pub rule_files: Vec<String>,

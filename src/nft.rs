@@ -107,7 +107,7 @@ const RULES_PER_LEVEL: usize = 3;
 /// nft 1.0.6 deletes elements by path only, so a gone cgroup's element cannot be deleted.
 const STALE_ELEMENTS_LIMIT: usize = 1024;
 
-/// One unit as the nftables layer sees it.
+/// A unit in the terms of the nftables layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftUnit {
     /// The cgroup v2 ID of the unit's cgroup.
@@ -117,8 +117,8 @@ pub struct NftUnit {
     pub path: String,
     /// Depth of the cgroup below the root of the hierarchy, at least 1. It equals the number of
     /// components of `path`. Inside a cgroup namespace nft counts levels from the namespace's
-    /// root too (checked on kernel 6.18 in a systemd-nspawn container), so the path as this
-    /// process sees it gives the level.
+    /// root too (checked on kernel 6.18 in a systemd-nspawn container), so the path in this
+    /// process's cgroup namespace gives the level.
     pub level: u8,
     /// Whether the unit's sockets are cut.
     pub deny: bool,
@@ -208,7 +208,7 @@ struct Synced {
 pub struct Nft {
     program: OsString,
     args: Vec<OsString>,
-    /// The cgroup2 mount as this process sees it, used to check each unit's ID.
+    /// The cgroup2 mount in this process's mount namespace, used to check each unit's ID.
     mount: Result<PathBuf, String>,
     /// Path of the cgroup2 root as nft sees it, relative to `/sys/fs/cgroup` ("" when the
     /// hierarchy is mounted there, "unified" on a hybrid layout).
@@ -265,7 +265,7 @@ impl Nft {
     /// Creates table `inet slicewall` with its sets, chains, rules and the elements for `units`
     /// in one transaction. An old table of that name is replaced in the same transaction.
     pub fn install(&mut self, units: &[NftUnit]) -> Result<Applied, NftError> {
-        let (wanted, skipped) = self.resolve(units)?;
+        let (desired, skipped) = self.resolve(units)?;
         let mut script = String::new();
         // Adding first makes the delete succeed when no old table exists.
         writeln!(script, "add table inet {TABLE}").unwrap();
@@ -290,14 +290,14 @@ impl Nft {
             )
             .unwrap();
         }
-        let levels = levels_of(&wanted);
+        let levels = levels_of(&desired);
         write_rules(&mut script, &levels);
-        let adds: Vec<(u64, &Entry)> = wanted.iter().map(|(id, entry)| (*id, entry)).collect();
+        let adds: Vec<(u64, &Entry)> = desired.iter().map(|(id, entry)| (*id, entry)).collect();
         write_elements(&mut script, "add", &adds);
 
         self.run_script(&script, "create table inet slicewall")?;
         self.synced = Some(Synced {
-            entries: wanted,
+            entries: desired,
             levels,
             stale: BTreeMap::new(),
         });
@@ -325,13 +325,13 @@ impl Nft {
     }
 
     fn try_sync(&mut self, units: &[NftUnit]) -> Result<Applied, NftError> {
-        let (wanted, skipped) = self.resolve(units)?;
+        let (desired, skipped) = self.resolve(units)?;
         let synced = self.synced.clone().unwrap_or_default();
 
         let mut removed: Vec<(u64, Entry)> = Vec::new();
         let mut stale = synced.stale.clone();
         for (id, entry) in &synced.entries {
-            if wanted
+            if desired
                 .get(id)
                 .is_some_and(|new| new.nft_path == entry.nft_path)
             {
@@ -360,7 +360,7 @@ impl Nft {
                 delete_deny.push((*id, entry));
             }
         }
-        for (id, entry) in &wanted {
+        for (id, entry) in &desired {
             match synced.entries.get(id) {
                 Some(old) if old.nft_path == entry.nft_path => {
                     if entry.deny && !old.deny {
@@ -378,7 +378,7 @@ impl Nft {
             }
         }
 
-        let levels = levels_of(&wanted);
+        let levels = levels_of(&desired);
         let nothing_to_do = add_counted.is_empty()
             && add_deny.is_empty()
             && delete_counted.is_empty()
@@ -407,7 +407,7 @@ impl Nft {
             }
         }
         self.synced = Some(Synced {
-            entries: wanted,
+            entries: desired,
             levels,
             stale,
         });
@@ -521,7 +521,7 @@ impl Nft {
             Some(root) => root.clone(),
             None => nft_root_of(mount)?,
         };
-        let mut wanted = BTreeMap::new();
+        let mut desired = BTreeMap::new();
         let mut skipped = Vec::new();
         for (index, unit) in units.iter().enumerate() {
             let invalid = |reason: String| NftError::InvalidUnit {
@@ -529,7 +529,7 @@ impl Nft {
                 cgroup_id: unit.cgroup_id,
                 reason,
             };
-            let relative = validate_path(&unit.path).map_err(invalid)?;
+            let relative = crate::cgroup::check_relative_path(&unit.path).map_err(invalid)?;
             let depth = relative.split('/').count();
             if unit.level == 0 || usize::from(unit.level) != depth {
                 return Err(invalid(format!(
@@ -548,7 +548,7 @@ impl Nft {
                 level: unit.level,
                 deny: unit.deny,
             };
-            if let Some(previous) = wanted.get(&unit.cgroup_id) {
+            if let Some(previous) = desired.get(&unit.cgroup_id) {
                 if *previous != entry {
                     return Err(invalid(
                         "another unit has the same cgroup ID with another path or deny flag".into(),
@@ -558,7 +558,7 @@ impl Nft {
             }
             match crate::cgroup::cgroup_id(&mount.join(relative)) {
                 Ok(id) if id == unit.cgroup_id => {
-                    wanted.insert(unit.cgroup_id, entry);
+                    desired.insert(unit.cgroup_id, entry);
                 }
                 Ok(id) => skipped.push(Skipped {
                     cgroup_id: unit.cgroup_id,
@@ -572,10 +572,10 @@ impl Nft {
                 }),
             }
         }
-        Ok((wanted, skipped))
+        Ok((desired, skipped))
     }
 
-    /// Whether the cgroup at `entry`'s path still has ID `id`, so that nft can delete its
+    /// Checks whether the cgroup at `entry`'s path still has ID `id`, so that nft can delete its
     /// element by that path.
     fn still_names(&self, entry: &Entry, id: u64) -> bool {
         let Ok(mount) = &self.mount else {
@@ -629,7 +629,8 @@ impl Nft {
         }
         let mut child = command.spawn().map_err(spawn_error)?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        // A second thread writes, so that a large input cannot block against a full stdout pipe.
+        // A second thread writes the input while this one reads the output. Otherwise nft could block
+        // on a full stdout pipe while this thread blocks on a full stdin pipe.
         let input = input.to_owned();
         let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
         let output = child.wait_with_output().map_err(spawn_error)?;
@@ -727,32 +728,8 @@ fn nft_root_of(mount: &Path) -> Result<String, NftError> {
         })
 }
 
-/// Checks a unit path and returns it without its leading slash.
-fn validate_path(path: &str) -> Result<&str, String> {
-    let relative = path
-        .strip_prefix('/')
-        .ok_or_else(|| format!("path {path:?} does not start with '/'"))?
-        .trim_end_matches('/');
-    if relative.is_empty() {
-        return Err("path names the root cgroup, which is level 0".into());
-    }
-    if relative
-        .split('/')
-        .any(|part| part.is_empty() || part == "." || part == "..")
-    {
-        return Err(format!("path {path:?} has an empty, '.' or '..' component"));
-    }
-    // nft text has no escape for a double quote inside a quoted string. systemd escapes '"'
-    // in unit names as \x22, so unit cgroups never contain one.
-    if relative.contains(['"', '\n', '\0']) {
-        return Err(format!(
-            "path {path:?} contains a double quote, a newline or a NUL, which nft cannot read"
-        ));
-    }
-    Ok(relative)
-}
-
-/// Whether `units` describe exactly what was last applied, so that no transaction is needed.
+/// Checks whether `units` describe exactly what was last applied, so that no transaction is
+/// needed.
 fn unchanged(synced: &Synced, units: &[NftUnit]) -> bool {
     let mut seen = 0;
     for unit in units {
@@ -901,16 +878,6 @@ mod tests {
             level,
             deny,
         }
-    }
-
-    #[test]
-    fn validate_path_rejects_bad_paths() {
-        assert_eq!(validate_path("/a.slice/b.service"), Ok("a.slice/b.service"));
-        assert!(validate_path("a.slice").is_err());
-        assert!(validate_path("/").is_err());
-        assert!(validate_path("/a/../b").is_err());
-        assert!(validate_path("/a//b").is_err());
-        assert!(validate_path("/a\"b").is_err());
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl NftLab {
         }
     }
 
-    /// An `Nft` whose nft runs inside the lab's namespace.
+    /// Returns an `Nft` whose nft runs inside the lab's namespace.
     fn nft(&self) -> Nft {
         Nft::new().with_command(
             "nsenter",
@@ -104,7 +104,7 @@ impl NftLab {
     }
 }
 
-/// The unit of a test cgroup, at the depth its path gives.
+/// Returns the unit of a test cgroup, at the depth its path gives.
 fn unit(cgroup: &Cgroup, deny: bool) -> NftUnit {
     NftUnit {
         cgroup_id: slicewall::cgroup::cgroup_id(&cgroup.path).expect("cgroup ID"),
@@ -125,7 +125,7 @@ fn check(result: Result<Applied, NftError>, what: &str) {
     );
 }
 
-/// The path by which nft names a test cgroup: relative to `/sys/fs/cgroup`.
+/// Returns the path by which nft names a test cgroup, which is relative to `/sys/fs/cgroup`.
 fn nft_path(cgroup: &Cgroup) -> String {
     let mount = slicewall::cgroup::find_cgroup2_mount().unwrap();
     let root = mount.strip_prefix("/sys/fs/cgroup").unwrap();
@@ -160,7 +160,7 @@ fn set_values(lab: &NftLab, set: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A TCP echo server on the loopback interface of a namespace that answers every read until
+/// A TCP echo server on the loopback interface of a namespace, which echoes every read until
 /// the peer closes.
 struct EchoServer {
     address: SocketAddr,

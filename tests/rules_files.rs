@@ -791,7 +791,7 @@ fn unit_file_overrides_across_roots() {
 }
 
 #[test]
-fn specific_directory_overrides_same_name_for_its_units_only() {
+fn specific_directory_overrides_for_its_units() {
     let root = Root::new();
     let everything = root.write_unit(
         Directory::UsrLib,

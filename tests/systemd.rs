@@ -404,32 +404,21 @@ impl Lab {
 
     /// Runs the probe once in a new transient service and returns its result line.
     fn probe_in_service(&self, unit: &str) -> Result<String, String> {
-        let output = self.container().exec(&[
-            "systemd-run",
-            "--quiet",
-            "--wait",
-            "--pipe",
-            "--unit",
-            unit,
-            PROBE,
-            "tcp",
-            &target(),
-        ]);
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        Ok(self.probe_with(&["--wait", "--pipe", "--unit", unit]))
     }
 
     /// Runs the probe once in a new scope of the system manager.
     fn probe_in_system_scope(&self, unit: &str) -> String {
-        let output = self.container().exec(&[
-            "systemd-run",
-            "--quiet",
-            "--scope",
-            "-u",
-            unit,
-            PROBE,
-            "tcp",
-            &target(),
-        ]);
+        self.probe_with(&["--scope", "-u", unit])
+    }
+
+    /// Runs the probe once with `systemd-run` and these options, and returns its result line.
+    fn probe_with(&self, options: &[&str]) -> String {
+        let target = target();
+        let mut args = vec!["systemd-run", "--quiet"];
+        args.extend_from_slice(options);
+        args.extend([PROBE, "tcp", target.as_str()]);
+        let output = self.container().exec(&args);
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
@@ -462,7 +451,7 @@ impl Lab {
         )
     }
 
-    /// Stops a unit and forgets its failure, so that its name can be used again.
+    /// Stops a unit and resets its failed state, so that its name can be used again.
     fn remove_unit(&self, unit: &str) {
         let _ = self.container().exec(&["systemctl", "stop", unit]);
         let _ = self.container().exec(&["systemctl", "reset-failed", unit]);
@@ -499,20 +488,7 @@ impl Lab {
 
     /// Runs the probe once in a new transient service in `slice`.
     fn probe_in_slice(&self, slice: &str, unit: &str) -> String {
-        let output = self.container().exec(&[
-            "systemd-run",
-            "--quiet",
-            "--wait",
-            "--pipe",
-            "--slice",
-            slice,
-            "--unit",
-            unit,
-            PROBE,
-            "tcp",
-            &target(),
-        ]);
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        self.probe_with(&["--wait", "--pipe", "--slice", slice, "--unit", unit])
     }
 
     fn main_pid(&self) -> Result<String, String> {
@@ -1121,6 +1097,8 @@ fn listed_cgroup_id(c: &Container, unit: &str) -> Result<u64, String> {
 
 /// Output of the long-lived connection in the cut case.
 const CUT_LOG: &str = "/run/harness/cut.log";
+/// The drop-in of the cut case, as [`Lab::add_dropin`] writes it.
+const CUT_DROPIN: &str = "/etc/slicewall/units/svc-cut.service.d/50-harness.toml";
 
 fn unit_deny_cuts_established_tcp(lab: &Lab) -> Result<(), String> {
     let c = lab.container();
@@ -1140,10 +1118,9 @@ fn unit_deny_cuts_established_tcp(lab: &Lab) -> Result<(), String> {
     ])?;
     let result = cut_checks(lab);
     lab.remove_unit("svc-cut.service");
-    if let Some(path) = result.as_ref().err().and(Some(
-        "/etc/slicewall/units/svc-cut.service.d/50-harness.toml",
-    )) {
-        let _ = lab.remove_dropin(path);
+    if result.is_err() {
+        // The checks remove their drop-in, unless they failed before they could.
+        let _ = lab.remove_dropin(CUT_DROPIN);
     }
     result
 }

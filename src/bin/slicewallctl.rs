@@ -24,8 +24,8 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
     },
-    /// Say whether the daemon runs, and whether it is healthy or degraded and why; exit 0 when
-    /// healthy, 1 when degraded, 3 when the daemon is not running.
+    /// Print whether the daemon runs and is healthy or degraded, and why. Exit 0 when healthy,
+    /// 1 when degraded, 3 when the daemon is not running.
     Status,
     /// List the systemd units the daemon follows, with their app ID, policy, rule count and
     /// traffic counters.

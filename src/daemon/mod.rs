@@ -28,7 +28,7 @@ use crate::rules;
 use crate::systemd::{self, Manager, Update};
 use crate::unit::UnitInfo;
 use nftables::NftLayer;
-use options::{AskFallback, FailMode, Nftables, Options};
+use options::{AskFallback, FailMode, Options};
 use tables::Tables;
 use units::UnitDirectory;
 
@@ -60,8 +60,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             )
         })?;
         tracing::info!(pin_dir = %options.pin_dir.display(), "removed the gate's programs and maps");
-        let booted = systemd::systemd_booted();
-        if options.nftables == Nftables::On || (options.nftables == Nftables::Auto && booted) {
+        if options.nftables.enabled(systemd::systemd_booted()) {
             match crate::nft::Nft::new().remove() {
                 Ok(()) => tracing::info!("removed table inet slicewall"),
                 Err(error) => tracing::warn!("failed to remove table inet slicewall: {error}"),
@@ -90,7 +89,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     let (unit_sender, mut unit_updates) = tokio::sync::mpsc::unbounded_channel();
     let booted = systemd::systemd_booted();
-    if options.nftables == Nftables::On || (options.nftables == Nftables::Auto && booted) {
+    if options.nftables.enabled(booted) {
         daemon.nft = Some(NftLayer::new());
         daemon.sync_nftables();
     }
@@ -407,8 +406,13 @@ impl Daemon {
             return;
         }
         tracing::debug!(count = gone.len(), "forgetting removed cgroups");
-        self.tables.forget_cgroups(&mut self.gate, &gone);
-        for id in &gone {
+        self.forget_cgroups(&gone);
+    }
+
+    /// Drops the identities and cgroup-and-user policies of these cgroups, and their paths.
+    fn forget_cgroups(&mut self, ids: &std::collections::HashSet<u64>) {
+        self.tables.forget_cgroups(&mut self.gate, ids);
+        for id in ids {
             self.units.remove(id);
             self.cgroups.forget(*id);
         }
@@ -427,7 +431,7 @@ impl Daemon {
 
     /// Takes in a change reported by the systemd follower.
     fn unit_update(&mut self, update: Update) {
-        let mut gone = Vec::new();
+        let mut old_cgroups = Vec::new();
         match update {
             Update::Unit(record) => {
                 tracing::debug!(
@@ -437,11 +441,11 @@ impl Daemon {
                     cgroup_id = ?record.cgroup_id,
                     "unit changed"
                 );
-                gone.extend(self.unit_directory.update(record, self.tables.rules()));
+                old_cgroups.extend(self.unit_directory.update(record, self.tables.rules()));
             }
             Update::Removed { manager, name } => {
                 tracing::debug!(unit = %name, manager = %manager.name(), "unit removed");
-                gone.extend(self.unit_directory.remove(manager, &name));
+                old_cgroups.extend(self.unit_directory.remove(manager, &name));
             }
             Update::ManagerUp(manager) => {
                 tracing::info!(
@@ -457,25 +461,21 @@ impl Daemon {
                 Manager::System => self.following = Following::Connecting(reason),
                 Manager::User(_) => {
                     tracing::debug!(manager = %manager.name(), %reason, "stopped following");
-                    gone.extend(self.unit_directory.remove_manager(manager));
+                    old_cgroups.extend(self.unit_directory.remove_manager(manager));
                 }
             },
         }
         if let Some(nft) = &mut self.nft {
             nft.mark_dirty();
         }
-        // A unit that restarted or stopped left its cgroup behind; once the directory is gone,
-        // its identities go too, instead of waiting for the next sweep.
-        let gone: std::collections::HashSet<u64> = gone
+        // A unit that restarted or stopped left its old cgroup behind. Once that directory is
+        // removed, its identities are dropped at once instead of at the next sweep.
+        let removed: std::collections::HashSet<u64> = old_cgroups
             .into_iter()
             .filter(|&id| !self.cgroup_exists(id))
             .collect();
-        if !gone.is_empty() {
-            self.tables.forget_cgroups(&mut self.gate, &gone);
-            for id in &gone {
-                self.units.remove(id);
-                self.cgroups.forget(*id);
-            }
+        if !removed.is_empty() {
+            self.forget_cgroups(&removed);
         }
     }
 

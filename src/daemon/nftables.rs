@@ -46,8 +46,8 @@ impl NftLayer {
             return false;
         }
         self.dirty = false;
-        let wanted = self.units(units);
-        match self.nft.sync(&wanted) {
+        let desired = self.units(units);
+        match self.nft.sync(&desired) {
             Ok(applied) => {
                 for skipped in applied.skipped {
                     tracing::debug!(
@@ -81,8 +81,8 @@ impl NftLayer {
                 "table inet slicewall was deleted or changed by someone else; restored it"
                     .to_owned();
             tracing::warn!("{message}");
-            let wanted = self.units(units);
-            match self.nft.install(&wanted) {
+            let desired = self.units(units);
+            match self.nft.install(&desired) {
                 Ok(_) => warning = Some(message),
                 Err(error) => self.failed(&error),
             }

@@ -47,6 +47,17 @@ pub enum Nftables {
     Off,
 }
 
+impl Nftables {
+    /// Checks whether the daemon keeps the table, given whether systemd is the init system.
+    pub fn enabled(self, systemd_booted: bool) -> bool {
+        match self {
+            Nftables::Auto => systemd_booted,
+            Nftables::On => true,
+            Nftables::Off => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "slicewalld",

@@ -83,7 +83,7 @@ impl Tables {
         self.current.rules.len()
     }
 
-    /// The rules in force.
+    /// Returns the rules in force.
     pub fn rules(&self) -> &[Rule] {
         &self.current.rules
     }

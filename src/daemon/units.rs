@@ -1,4 +1,4 @@
-//! The units the daemon follows, with what the rules say about each as a whole.
+//! The units the daemon follows, each with the verdict of the rules for the unit as a whole.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,9 +25,18 @@ impl UnitDirectory {
     /// (the unit restarted, or stopped and lost its cgroup).
     pub fn update(&mut self, record: UnitRecord, rules: &[Rule]) -> Option<u64> {
         let key = (record.manager, record.name.clone());
+        // Most updates change only the state or the cgroup ID, and the summary depends only on
+        // the unit's position in the tree, so it is computed again only when that moved.
+        let (policy, rule_count) = match self.entries.get(&key) {
+            Some(old) if old.record.info == record.info => (old.policy, old.rule_count),
+            _ => (
+                summary::unit_policy(rules, &record.info),
+                summary::rule_count(rules, &record.info),
+            ),
+        };
         let entry = Entry {
-            policy: summary::unit_policy(rules, &record.info),
-            rule_count: summary::rule_count(rules, &record.info),
+            policy,
+            rule_count,
             record,
         };
         let new_id = entry.record.cgroup_id;

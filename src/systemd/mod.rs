@@ -11,11 +11,11 @@
 //! keeps its name and cgroup path but gets a new cgroup directory, so its cgroup ID is read from
 //! the cgroup file system on every update.
 //!
-//! A user's bus and everything on it is under that user's control, so the daemon connects to it
+//! A user's bus and everything on it is under that user's control. So the daemon connects to it
 //! with the user's credentials (see [`connect_as_user`]) and takes nothing a user manager reports
-//! on trust: a unit whose cgroup is not below that user's `user@UID.service` is ignored, and the
-//! number of units per user is bounded. The eBPF gate never depends on these reports; it reads
-//! the cgroup of each socket from the kernel.
+//! on trust. A unit whose cgroup is invalid or not below that user's `user@UID.service` is
+//! ignored, and the number of units per user is bounded. The eBPF gate never depends on these
+//! reports, because it reads the cgroup of each socket from the kernel.
 //!
 //! systemd's private sockets (`/run/systemd/private`) would avoid the bus, but systemd marks the
 //! messages it sends there with a well-known sender name, which zbus rejects.
@@ -47,7 +47,8 @@ const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 /// Attempts to reach a user manager that systemd reports as started.
 const USER_MANAGER_ATTEMPTS: u32 = 10;
-/// Units kept per user manager; a user can make a manager report any number of them.
+/// Maximum number of units kept per user manager, because a user can make a manager report any
+/// number of them.
 const MAX_USER_UNITS: usize = 4096;
 
 /// The service manager that runs a unit.
@@ -68,7 +69,7 @@ impl Manager {
     }
 }
 
-/// What the daemon keeps of one unit.
+/// Facts the daemon keeps about one unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitRecord {
     pub manager: Manager,
@@ -102,7 +103,7 @@ pub enum Update {
     ManagerDown { manager: Manager, reason: String },
 }
 
-/// Whether systemd is the init system here.
+/// Checks whether systemd is the init system here.
 pub fn systemd_booted() -> bool {
     Path::new(SYSTEMD_RUNTIME).is_dir()
 }
@@ -250,68 +251,55 @@ impl Follower {
             .body()
             .deserialize()
             .context("ListUnits returned an unexpected reply")?;
-        let mut paths: HashMap<OwnedObjectPath, String> = HashMap::new();
+        let mut units = FollowedUnits::new(manager);
         for unit in listed {
-            if !is_followed(&unit.0) || !has_room(manager, &paths) {
-                continue;
+            if units.insert(&unit.0, &unit.6) {
+                self.refresh(&session, &unit.6, user_managers).await;
             }
-            paths.insert(unit.6.clone(), unit.0.clone());
-            self.refresh(&session, &unit.6, user_managers).await;
         }
         if self.updates.send(Update::ManagerUp(manager)).is_err() {
             return Ok(());
         }
 
-        while let Some(message) = signals.recv().await {
-            let message = message.context("failed to read from the manager")?;
-            if message.message_type() != MessageType::Signal {
-                continue;
+        while let Some(first) = signals.recv().await {
+            // A restart sends about ten signals for one unit, and one read of its properties
+            // after the burst is enough, so the signals that are already queued are taken
+            // together.
+            let mut batch = vec![first];
+            while let Ok(message) = signals.try_recv() {
+                batch.push(message);
             }
-            let header = message.header();
-            let (Some(member), Some(path)) = (header.member(), header.path()) else {
-                continue;
-            };
-            match member.as_str() {
-                "UnitNew" => {
-                    if let Ok((name, path)) =
-                        message.body().deserialize::<(String, OwnedObjectPath)>()
-                    {
-                        if is_followed(&name) && has_room(manager, &paths) {
-                            paths.insert(path.clone(), name);
-                            self.refresh(&session, &path, user_managers).await;
-                        }
+            let mut changed: Vec<OwnedObjectPath> = Vec::new();
+            for message in batch {
+                let message = message.context("failed to read from the manager")?;
+                let path = match ManagerSignal::parse(&message) {
+                    Some(ManagerSignal::UnitNew { name, path }) if units.insert(&name, &path) => {
+                        path
                     }
-                }
-                "UnitRemoved" => {
-                    if let Ok((name, path)) =
-                        message.body().deserialize::<(String, OwnedObjectPath)>()
-                    {
-                        if paths.remove(&path).is_some() {
+                    Some(ManagerSignal::UnitRemoved { name, path }) => {
+                        if units.remove(&path) {
                             self.removed(manager, name, user_managers);
                         }
+                        continue;
                     }
-                }
-                "JobRemoved" => {
-                    if let Ok((_, _, name, _)) =
-                        message
-                            .body()
-                            .deserialize::<(u32, OwnedObjectPath, String, String)>()
-                    {
-                        if let Some(path) = paths
-                            .iter()
-                            .find_map(|(path, known)| (*known == name).then(|| path.clone()))
-                        {
-                            self.refresh(&session, &path, user_managers).await;
-                        }
+                    Some(ManagerSignal::JobRemoved { name }) => match units.path_of(&name) {
+                        Some(path) => path.clone(),
+                        None => continue,
+                    },
+                    Some(ManagerSignal::PropertiesChanged { path }) if units.contains(&path) => {
+                        path
                     }
+                    _ => continue,
+                };
+                if !changed.contains(&path) {
+                    changed.push(path);
                 }
-                "PropertiesChanged" => {
-                    let path = OwnedObjectPath::from(path.to_owned());
-                    if paths.contains_key(&path) {
-                        self.refresh(&session, &path, user_managers).await;
-                    }
+            }
+            for path in changed {
+                // A unit removed later in the same batch is not read again.
+                if units.contains(&path) {
+                    self.refresh(&session, &path, user_managers).await;
                 }
-                _ => {}
             }
             if self.updates.is_closed() {
                 return Ok(());
@@ -436,6 +424,31 @@ impl Session {
         Ok(reply.body().deserialize()?)
     }
 
+    /// Checks a unit's cgroup path as the manager reports it: a valid path, and for a user
+    /// manager one below its own cgroup. Logs a warning and returns false otherwise.
+    fn accepts_cgroup(&self, name: &str, control_group: &str) -> bool {
+        if let Err(reason) = cgroup::check_relative_path(control_group) {
+            tracing::warn!(
+                unit = %name,
+                "ignoring a unit that {} reports with an invalid cgroup: {reason}",
+                self.manager.name()
+            );
+            return false;
+        }
+        if let Some(prefix) = &self.user_cgroup {
+            if !control_group.starts_with(prefix.as_str()) {
+                tracing::warn!(
+                    unit = %name,
+                    cgroup = %control_group,
+                    "ignoring a unit that {} reports outside its own cgroup",
+                    self.manager.name()
+                );
+                return false;
+            }
+        }
+        true
+    }
+
     /// Reads one unit, or `None` for a unit type the daemon does not follow.
     async fn read_unit(&self, path: &OwnedObjectPath) -> anyhow::Result<Option<UnitRecord>> {
         let common = self.properties(path, UNIT_INTERFACE).await?;
@@ -445,17 +458,10 @@ impl Session {
         };
         let specific = self.properties(path, interface).await?;
         let control_group = string_property(&specific, "ControlGroup");
-        if let Some(prefix) = &self.user_cgroup {
-            if !control_group.is_empty() && !control_group.starts_with(prefix.as_str()) {
-                tracing::warn!(
-                    unit = %name,
-                    cgroup = %control_group,
-                    "ignoring a unit that {} reports outside its own cgroup",
-                    self.manager.name()
-                );
-                return Ok(None);
-            }
+        if !control_group.is_empty() && !self.accepts_cgroup(&name, &control_group) {
+            return Ok(None);
         }
+
         let info = unit_info(&name, &control_group, self.manager);
         let cgroup_id = if control_group.is_empty() {
             None
@@ -467,6 +473,7 @@ impl Session {
             )
             .ok()
         };
+
         let main_exe = specific
             .get("ExecStart")
             .and_then(|value| Vec::<ExecCommand>::try_from(value.try_clone().ok()?).ok())
@@ -476,6 +483,7 @@ impl Session {
             Manager::System => string_property(&specific, "User"),
             Manager::User(uid) => uid.to_string(),
         };
+
         Ok(Some(UnitRecord {
             manager: self.manager,
             name,
@@ -489,52 +497,151 @@ impl Session {
     }
 }
 
-/// Checks whether another unit of `manager` may be kept.
-fn has_room(manager: Manager, paths: &HashMap<OwnedObjectPath, String>) -> bool {
-    if manager == Manager::System || paths.len() < MAX_USER_UNITS {
-        return true;
+/// The units of one manager that a follower reads, by object path and by name.
+struct FollowedUnits {
+    manager: Manager,
+    by_path: HashMap<OwnedObjectPath, String>,
+    by_name: HashMap<String, OwnedObjectPath>,
+    /// Set once the limit of a user manager was reported, so it is logged once.
+    full: bool,
+}
+
+impl FollowedUnits {
+    fn new(manager: Manager) -> Self {
+        FollowedUnits {
+            manager,
+            by_path: HashMap::new(),
+            by_name: HashMap::new(),
+            full: false,
+        }
     }
-    tracing::warn!(
-        "{} reports more than {MAX_USER_UNITS} units; not following the others",
-        manager.name()
-    );
-    false
+
+    /// Adds a unit of a followed type. Returns false for another type, and for a new unit of a
+    /// user manager that reached [`MAX_USER_UNITS`].
+    fn insert(&mut self, name: &str, path: &OwnedObjectPath) -> bool {
+        if !is_followed(name) {
+            return false;
+        }
+        let limited = self.manager != Manager::System && self.by_path.len() >= MAX_USER_UNITS;
+        if limited && !self.by_path.contains_key(path) {
+            if !self.full {
+                self.full = true;
+                tracing::warn!(
+                    "{} reports more than {MAX_USER_UNITS} units; not following the others",
+                    self.manager.name()
+                );
+            }
+            return false;
+        }
+        self.by_path.insert(path.clone(), name.to_owned());
+        self.by_name.insert(name.to_owned(), path.clone());
+        true
+    }
+
+    /// Forgets a unit. Returns false when it was not followed.
+    fn remove(&mut self, path: &OwnedObjectPath) -> bool {
+        let Some(name) = self.by_path.remove(path) else {
+            return false;
+        };
+        self.by_name.remove(&name);
+        true
+    }
+
+    fn contains(&self, path: &OwnedObjectPath) -> bool {
+        self.by_path.contains_key(path)
+    }
+
+    fn path_of(&self, name: &str) -> Option<&OwnedObjectPath> {
+        self.by_name.get(name)
+    }
+}
+
+/// A signal of a service manager that can change what the daemon stores about a unit.
+enum ManagerSignal {
+    UnitNew {
+        name: String,
+        path: OwnedObjectPath,
+    },
+    UnitRemoved {
+        name: String,
+        path: OwnedObjectPath,
+    },
+    /// A job of the unit finished: it started, stopped or restarted.
+    JobRemoved {
+        name: String,
+    },
+    /// Properties of the unit at this object path changed.
+    PropertiesChanged {
+        path: OwnedObjectPath,
+    },
+}
+
+impl ManagerSignal {
+    /// Parses a signal, or returns `None` for any other message and for a malformed body.
+    fn parse(message: &zbus::Message) -> Option<ManagerSignal> {
+        if message.message_type() != MessageType::Signal {
+            return None;
+        }
+        let header = message.header();
+        let body = message.body();
+        match header.member()?.as_str() {
+            "UnitNew" => {
+                let (name, path) = body.deserialize::<(String, OwnedObjectPath)>().ok()?;
+                Some(ManagerSignal::UnitNew { name, path })
+            }
+            "UnitRemoved" => {
+                let (name, path) = body.deserialize::<(String, OwnedObjectPath)>().ok()?;
+                Some(ManagerSignal::UnitRemoved { name, path })
+            }
+            "JobRemoved" => {
+                let (_, _, name, _) = body
+                    .deserialize::<(u32, OwnedObjectPath, String, String)>()
+                    .ok()?;
+                Some(ManagerSignal::JobRemoved { name })
+            }
+            "PropertiesChanged" => Some(ManagerSignal::PropertiesChanged {
+                path: OwnedObjectPath::from(header.path()?.to_owned()),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Connects to the bus of user `uid` with that user's credentials.
 ///
 /// The user owns the socket path and may point it anywhere, or run any bus behind it. Connecting
 /// as the user means the daemon reaches no more than the user could. A short-lived thread sets
-/// its own effective UID with the raw system call, which unlike the C library's `seteuid()`
-/// changes the calling thread only, connects, and ends; the daemon's other threads stay root.
+/// its own effective UID with the raw `setresuid` system call, connects and ends. Unlike the C
+/// library's `seteuid()`, the raw call changes the calling thread only, so the daemon's other
+/// threads stay root.
 async fn connect_as_user(uid: u32) -> anyhow::Result<zbus::Connection> {
     use anyhow::Context;
 
     let path = PathBuf::from(format!("/run/user/{uid}/bus"));
     let socket_path = path.clone();
-    let stream = tokio::task::spawn_blocking(move || {
-        std::thread::spawn(move || -> std::io::Result<std::os::unix::net::UnixStream> {
-            // SAFETY: setresuid takes three integers and touches no memory; -1 leaves the real
-            // and saved UIDs (root) as they are, so only this thread's effective UID changes.
-            let result = unsafe {
-                libc::syscall(
-                    libc::SYS_setresuid,
-                    -1 as libc::c_long,
-                    libc::c_long::from(uid),
-                    -1 as libc::c_long,
-                )
-            };
-            if result != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        // SAFETY: setresuid takes three integers and touches no memory. -1 leaves the real and
+        // saved UIDs (root) as they are, so only this thread's effective UID changes.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_setresuid,
+                -1 as libc::c_long,
+                libc::c_long::from(uid),
+                -1 as libc::c_long,
+            )
+        };
+        let connected = if result == 0 {
             std::os::unix::net::UnixStream::connect(&socket_path)
-        })
-        .join()
-    })
-    .await
-    .context("the connecting thread failed")?
-    .map_err(|_| anyhow::anyhow!("the connecting thread panicked"))?
-    .with_context(|| format!("failed to connect to {} as user {uid}", path.display()))?;
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+        let _ = sender.send(connected);
+    });
+    let stream = receiver
+        .await
+        .context("the connecting thread ended without a result")?
+        .with_context(|| format!("failed to connect to {} as user {uid}", path.display()))?;
     stream.set_nonblocking(true)?;
     let stream = tokio::net::UnixStream::from_std(stream)?;
     zbus::connection::Builder::unix_stream(stream)
@@ -544,7 +651,7 @@ async fn connect_as_user(uid: u32) -> anyhow::Result<zbus::Connection> {
         .with_context(|| format!("failed to open a D-Bus connection on {}", path.display()))
 }
 
-/// The unit types whose processes make connections.
+/// Checks whether a unit is of a type whose processes make connections.
 fn is_followed(name: &str) -> bool {
     type_interface(name).is_some()
 }
@@ -607,6 +714,41 @@ mod tests {
         assert_eq!(user_manager_uid("user@x.service"), None);
         assert_eq!(user_manager_uid("user-1000.slice"), None);
         assert_eq!(user_manager_uid("user@1000.scope"), None);
+    }
+
+    fn object_path(index: usize) -> OwnedObjectPath {
+        OwnedObjectPath::try_from(format!("/org/freedesktop/systemd1/unit/u{index}")).unwrap()
+    }
+
+    #[test]
+    fn followed_units_by_path_and_name() {
+        let mut units = FollowedUnits::new(Manager::System);
+        assert!(units.insert("web.service", &object_path(1)));
+        assert!(!units.insert("web.socket", &object_path(2)));
+        assert_eq!(units.path_of("web.service"), Some(&object_path(1)));
+        assert!(units.contains(&object_path(1)));
+        assert!(!units.contains(&object_path(2)));
+
+        assert!(units.remove(&object_path(1)));
+        assert!(!units.remove(&object_path(1)));
+        assert_eq!(units.path_of("web.service"), None);
+    }
+
+    #[test]
+    fn user_manager_units_are_bounded() {
+        let mut units = FollowedUnits::new(Manager::User(1000));
+        for index in 0..MAX_USER_UNITS {
+            assert!(units.insert(&format!("app-{index}.scope"), &object_path(index)));
+        }
+        assert!(!units.insert("one-more.scope", &object_path(MAX_USER_UNITS)));
+        assert!(units.full);
+        // A unit already followed still gets its updates.
+        assert!(units.insert("app-0.scope", &object_path(0)));
+
+        let mut system = FollowedUnits::new(Manager::System);
+        for index in 0..=MAX_USER_UNITS {
+            assert!(system.insert(&format!("svc-{index}.service"), &object_path(index)));
+        }
     }
 
     #[test]

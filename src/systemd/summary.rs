@@ -1,4 +1,5 @@
-//! What the rules say about a unit as a whole, whatever program in it connects and wherever to.
+//! The verdict of the rules for a unit as a whole, whatever program in it connects and wherever
+//! to.
 //!
 //! The eBPF gate decides each flow from all of its facts. nftables sees only the cgroup of a
 //! socket, so it can enforce a verdict only where the unit alone settles it: a unit whose every
@@ -88,7 +89,8 @@ fn covers_unit(rule: &Rule, unit: &UnitInfo) -> bool {
         && may_match_unit(rule, unit)
 }
 
-/// The longest prefix length, on the precedence scale, with which the rule can match a flow.
+/// Returns the longest prefix length, on the precedence scale, with which the rule can match a
+/// flow.
 fn longest_prefix(rule: &Rule) -> u8 {
     rule.destination
         .addresses
@@ -136,7 +138,7 @@ mod tests {
     }
 
     #[test]
-    fn exe_allow_inside_the_unit_breaks_a_unit_deny() {
+    fn exe_allow_breaks_unit_deny() {
         let rules = rules(
             r#"
             [[rule]]

@@ -78,7 +78,7 @@ pub fn find_in_path(program: &str) -> Option<PathBuf> {
 /// A booted container.
 pub struct Container {
     pub name: String,
-    /// The tmpfs that holds the overlay's upper and work directories and the merged root.
+    /// The tmpfs that contains the overlay's upper and work directories and the merged root.
     dir: PathBuf,
     merged: PathBuf,
     /// The cgroup v2 directory of the nspawn process and, below `payload`, the container.
@@ -146,7 +146,7 @@ impl Container {
         Ok(container)
     }
 
-    /// The console output of the container so far (the end of it).
+    /// Returns the last `lines` lines of the container's console output so far.
     pub fn console_tail(&self, lines: usize) -> String {
         let text = fs::read_to_string(self.dir.join("console.log")).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
@@ -413,28 +413,13 @@ impl Container {
     /// Runs a command as `user` in a new scope `unit` of the user's manager
     /// (`systemd-run --user --scope`), as desktop environments start applications.
     pub fn run_user_scope(&self, user: &str, uid: u32, unit: &str, command: &[&str]) -> Output {
-        let runtime = format!("XDG_RUNTIME_DIR=/run/user/{uid}");
-        let mut args = vec![
-            "runuser",
-            "-u",
-            user,
-            "--",
-            "env",
-            &runtime,
-            "systemd-run",
-            "--user",
-            "--scope",
-            "--quiet",
-            "-u",
-            unit,
-            "--",
-        ];
-        args.extend_from_slice(command);
+        let args = user_scope_args(user, uid, unit, command);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.exec(&args)
     }
 
     /// Starts a command as `user` in a new scope `unit` of the user's manager and returns without
-    /// waiting for it. The command should end by itself; the returned child is the `nsenter`
+    /// waiting for it. The command should end by itself. The returned child is the `nsenter`
     /// process, which the caller waits for or kills.
     pub fn run_user_scope_background(
         &self,
@@ -443,23 +428,8 @@ impl Container {
         unit: &str,
         command: &[&str],
     ) -> Result<std::process::Child, String> {
-        let runtime = format!("XDG_RUNTIME_DIR=/run/user/{uid}");
-        let mut args = vec![
-            "runuser",
-            "-u",
-            user,
-            "--",
-            "env",
-            &runtime,
-            "systemd-run",
-            "--user",
-            "--scope",
-            "--quiet",
-            "-u",
-            unit,
-            "--",
-        ];
-        args.extend_from_slice(command);
+        let args = user_scope_args(user, uid, unit, command);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.nsenter(&args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -562,6 +532,31 @@ impl Drop for Container {
             eprintln!("teardown: {error}");
         }
     }
+}
+
+/// Returns the command line that runs `command` as `user` in a new scope `unit` of the user's
+/// manager.
+fn user_scope_args(user: &str, uid: u32, unit: &str, command: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "runuser",
+        "-u",
+        user,
+        "--",
+        "env",
+        &format!("XDG_RUNTIME_DIR=/run/user/{uid}"),
+        "systemd-run",
+        "--user",
+        "--scope",
+        "--quiet",
+        "-u",
+        unit,
+        "--",
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    args.extend(command.iter().map(|arg| (*arg).to_owned()));
+    args
 }
 
 /// Removes a cgroup directory and its children, deepest first, waiting for their processes to

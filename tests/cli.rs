@@ -155,3 +155,31 @@ fn daemon_rejects_bad_arguments() {
         "{stderr}"
     );
 }
+
+/// `slicewallctl units | head` closes the pipe early. The tool must end quietly, as other Unix
+/// tools do, not panic with a backtrace on standard error.
+#[test]
+fn output_to_closed_pipe_ends_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two new file descriptors into the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // With the read end closed, every write to the pipe fails with EPIPE.
+    drop(reader);
+
+    let output = Command::new(slicewallctl())
+        .arg("hash")
+        .arg(slicewallctl())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}

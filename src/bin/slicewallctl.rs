@@ -43,6 +43,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so println! panics once a reader such as `head` has closed the
+    // pipe. The default action ends the tool quietly, as it ends other Unix tools.
+    // SAFETY: no other thread exists yet, and SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match Cli::parse().command {
         Command::Check { root } => check(&root),
         Command::Hash { files } => hash(&files),

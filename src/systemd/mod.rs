@@ -610,33 +610,16 @@ impl ManagerSignal {
 /// Connects to the bus of user `uid` with that user's credentials.
 ///
 /// The user owns the socket path and may point it anywhere, or run any bus behind it. Connecting
-/// as the user means the daemon reaches no more than the user could. A short-lived thread sets
-/// its own effective UID with the raw `setresuid` system call, connects and ends. Unlike the C
-/// library's `seteuid()`, the raw call changes the calling thread only, so the daemon's other
-/// threads stay root.
+/// as the user means the daemon reaches no more than the user could.
 async fn connect_as_user(uid: u32) -> anyhow::Result<zbus::Connection> {
     use anyhow::Context;
 
     let path = PathBuf::from(format!("/run/user/{uid}/bus"));
+    let gid = primary_gid(uid)?;
     let socket_path = path.clone();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        // SAFETY: setresuid takes three integers and touches no memory. -1 leaves the real and
-        // saved UIDs (root) as they are, so only this thread's effective UID changes.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_setresuid,
-                -1 as libc::c_long,
-                libc::c_long::from(uid),
-                -1 as libc::c_long,
-            )
-        };
-        let connected = if result == 0 {
-            std::os::unix::net::UnixStream::connect(&socket_path)
-        } else {
-            Err(std::io::Error::last_os_error())
-        };
-        let _ = sender.send(connected);
+        let _ = sender.send(connect_stream_as(uid, gid, &socket_path));
     });
     let stream = receiver
         .await
@@ -649,6 +632,75 @@ async fn connect_as_user(uid: u32) -> anyhow::Result<zbus::Connection> {
         .build()
         .await
         .with_context(|| format!("failed to open a D-Bus connection on {}", path.display()))
+}
+
+/// Returns the primary group of user `uid` from the user database.
+fn primary_gid(uid: u32) -> anyhow::Result<u32> {
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: passwd is plain data that getpwuid_r fills in.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, and the buffer length is its real length.
+    let error = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if error != 0 {
+        let error = std::io::Error::from_raw_os_error(error);
+        anyhow::bail!("failed to look up user {uid}: {error}");
+    }
+    if found.is_null() {
+        anyhow::bail!("user {uid} is not in the user database");
+    }
+    Ok(entry.pw_gid)
+}
+
+/// Connects to the socket at `path` with the effective UID `uid`, the effective GID `gid` and no
+/// supplementary groups, and ends the calling thread's root privileges, so it must run on a
+/// short-lived thread of its own.
+///
+/// The raw system calls change the calling thread only, unlike the C library's wrappers, which
+/// change every thread of the process. So the daemon's other threads stay root. The groups go
+/// first, because setting a non-zero effective UID clears the capability that changing them needs.
+fn connect_stream_as(
+    uid: u32,
+    gid: u32,
+    path: &Path,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let check = |result: libc::c_long| {
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: setgroups with a count of 0 reads no memory. setresgid and setresuid take three
+    // integers, where -1 leaves the real and saved IDs (root) as they are.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            0 as libc::c_long,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
+        check(libc::syscall(
+            libc::SYS_setresgid,
+            -1 as libc::c_long,
+            libc::c_long::from(gid),
+            -1 as libc::c_long,
+        ))?;
+        check(libc::syscall(
+            libc::SYS_setresuid,
+            -1 as libc::c_long,
+            libc::c_long::from(uid),
+            -1 as libc::c_long,
+        ))?;
+    }
+    std::os::unix::net::UnixStream::connect(path)
 }
 
 /// Checks whether a unit is of a type whose processes make connections.
@@ -786,5 +838,41 @@ mod tests {
         assert_eq!(info.user_manager.as_deref(), Some("user@1000.service"));
         assert_eq!(info.app_id.as_deref(), Some("org.gnome.Terminal"));
         assert!(info.slices.is_empty());
+    }
+
+    /// A socket in a directory that only root's group may enter is out of the user's reach, so
+    /// the daemon must not reach it on the user's behalf either.
+    #[test]
+    fn connect_as_user_drops_root_groups() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipping: needs root to change the thread's user and groups");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+
+        let directory = tempfile::tempdir().unwrap();
+        let group_only = directory.path().join("root-group-only");
+        std::fs::create_dir(&group_only).unwrap();
+        std::fs::set_permissions(&group_only, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let socket = group_only.join("bus");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let connect = |gid: u32| {
+            let socket = socket.clone();
+            std::thread::spawn(move || connect_stream_as(65534, gid, &socket))
+                .join()
+                .unwrap()
+        };
+        let error = connect(65534).expect_err("connected through a directory of group root");
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{error}"
+        );
+        // The test's own thread is still root and still reaches the socket.
+        std::os::unix::net::UnixStream::connect(&socket).unwrap();
     }
 }

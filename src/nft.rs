@@ -423,11 +423,7 @@ impl Nft {
             stderr: "table inet slicewall does not exist".into(),
         })?;
         let synced = self.synced.clone().unwrap_or_default();
-        let by_path: HashMap<&str, u64> = synced
-            .entries
-            .iter()
-            .map(|(id, entry)| (entry.nft_path.as_str(), *id))
-            .collect();
+        let by_path = paths_to_ids(&synced);
 
         let mut counters: HashMap<u64, Counters> = HashMap::new();
         for (set, is_tx) in [(TX_SET, true), (RX_SET, false)] {
@@ -436,19 +432,14 @@ impl Nft {
                 reason: format!("set {set} is missing"),
             })?;
             for element in elements {
-                let Some((value, packets, bytes)) = element_counter(element) else {
+                let Some((_, packets, bytes)) = element_counter(element) else {
                     return Err(NftError::Output {
                         action: action.into(),
                         reason: format!("element without a counter in set {set}: {element}"),
                     });
                 };
-                // nft prints a path while a cgroup with that ID exists, and the ID otherwise.
-                let id = match value.parse::<u64>() {
-                    Ok(id) => id,
-                    Err(_) => match by_path.get(value) {
-                        Some(id) => *id,
-                        None => continue,
-                    },
+                let Some(id) = element_id(element, &by_path) else {
+                    continue;
                 };
                 if !synced.entries.contains_key(&id) {
                     continue;
@@ -466,8 +457,8 @@ impl Nft {
         Ok(counters)
     }
 
-    /// Checks that table `inet slicewall` exists with its sets, chains, rules and as many
-    /// elements as the last [`Nft::install`] or [`Nft::sync`] left. Returns false when someone
+    /// Checks that table `inet slicewall` exists with its sets, chains, rules and the elements
+    /// the last [`Nft::install`] or [`Nft::sync`] left. Returns false when someone
     /// deleted or flushed it, or when this `Nft` never installed it.
     pub fn is_intact(&self) -> Result<bool, NftError> {
         let Some(synced) = &self.synced else {
@@ -476,13 +467,38 @@ impl Nft {
         let Some(listing) = self.list_table()? else {
             return Ok(false);
         };
-        let counted = synced.entries.len() + synced.stale.len();
-        let denied = synced.entries.values().filter(|entry| entry.deny).count()
-            + synced.stale.values().filter(|deny| **deny).count();
-        for (set, expected) in [(DENY_SET, denied), (TX_SET, counted), (RX_SET, counted)] {
-            match set_elements(&listing, set) {
-                Some(elements) if elements.len() == expected => {}
-                _ => return Ok(false),
+        // The elements themselves are compared, not only their number, so an element swapped
+        // for another is found too.
+        let by_path = paths_to_ids(synced);
+        let counted: BTreeSet<u64> = synced
+            .entries
+            .keys()
+            .chain(synced.stale.keys())
+            .copied()
+            .collect();
+        let denied: BTreeSet<u64> = synced
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.deny)
+            .map(|(id, _)| *id)
+            .chain(
+                synced
+                    .stale
+                    .iter()
+                    .filter(|(_, deny)| **deny)
+                    .map(|(id, _)| *id),
+            )
+            .collect();
+        for (set, expected) in [(DENY_SET, &denied), (TX_SET, &counted), (RX_SET, &counted)] {
+            let Some(elements) = set_elements(&listing, set) else {
+                return Ok(false);
+            };
+            let found: Option<BTreeSet<u64>> = elements
+                .iter()
+                .map(|element| element_id(element, &by_path))
+                .collect();
+            if found.as_ref() != Some(expected) || elements.len() != expected.len() {
+                return Ok(false);
             }
         }
         let rules = RULES_PER_LEVEL * synced.levels.len();
@@ -855,6 +871,33 @@ fn element_counter(element: &serde_json::Value) -> Option<(&str, u64, u64)> {
         counter["packets"].as_u64()?,
         counter["bytes"].as_u64()?,
     ))
+}
+
+/// Maps the paths by which nft names the synced elements to their cgroup IDs.
+fn paths_to_ids(synced: &Synced) -> HashMap<&str, u64> {
+    synced
+        .entries
+        .iter()
+        .map(|(id, entry)| (entry.nft_path.as_str(), *id))
+        .collect()
+}
+
+/// Returns the cgroup ID of a set element as nft lists it: a plain value for a set without
+/// counters, or `{"elem": {"val": V, ...}}`. nft prints a path while a cgroup with that ID exists,
+/// and the ID otherwise.
+fn element_id(element: &serde_json::Value, by_path: &HashMap<&str, u64>) -> Option<u64> {
+    let value = element
+        .get("elem")
+        .and_then(|elem| elem.get("val"))
+        .unwrap_or(element);
+    if let Some(id) = value.as_u64() {
+        return Some(id);
+    }
+    let text = value.as_str()?;
+    match text.parse::<u64>() {
+        Ok(id) => Some(id),
+        Err(_) => by_path.get(text).copied(),
+    }
 }
 
 fn has_base_chain(listing: &serde_json::Value, hook: &str) -> bool {

@@ -493,6 +493,35 @@ fn outside_delete_detected_and_repaired() {
     check(nft.install(&units), "install again");
     assert!(nft.is_intact().unwrap());
 
+    // The denied unit swapped for the allowed one: as many elements as before.
+    let quoted = |cgroup| format!("\"{}\"", nft_path(cgroup));
+    lab.nft_ok(&[
+        "delete",
+        "element",
+        "inet",
+        "slicewall",
+        "deny",
+        "{",
+        &quoted(&lab.b),
+        "}",
+    ]);
+    lab.nft_ok(&[
+        "add",
+        "element",
+        "inet",
+        "slicewall",
+        "deny",
+        "{",
+        &quoted(&lab.a),
+        "}",
+    ]);
+    assert!(
+        !nft.is_intact().unwrap(),
+        "a swapped element counts as intact"
+    );
+    check(nft.install(&units), "install again");
+    assert!(nft.is_intact().unwrap());
+
     check(nft.sync(&[unit(&lab.a, true)]), "sync");
     assert_eq!(other(), before, "sync changed another table");
 

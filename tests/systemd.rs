@@ -102,7 +102,14 @@ const CASES: &[(&str, Case)] = &[
         unit_deny_cuts_established_tcp,
     ),
     ("nftables_table_is_restored", nftables_table_is_restored),
+    (
+        "rejected_reload_degrades_status",
+        rejected_reload_degrades_status,
+    ),
 ];
+
+/// MESSAGE_ID of the daemon's rules-rejected records.
+const RULES_REJECTED_ID: &str = "12072fc6f38d445399e24e1268586854";
 
 /// MESSAGE_ID of the daemon's rules-loaded records.
 const RULES_LOADED_ID: &str = "32dc7c991f764cb6852204a892137fe1";
@@ -1127,8 +1134,11 @@ fn unit_deny_cuts_established_tcp(lab: &Lab) -> Result<(), String> {
 
 fn cut_checks(lab: &Lab) -> Result<(), String> {
     let c = lab.container();
+    // The service's shell creates the log a moment after it starts, so a missing log counts as
+    // no answer yet.
     let oks = || -> Result<usize, String> {
-        Ok(c.exec_ok(&["cat", CUT_LOG])?
+        let log = c.exec(&["cat", CUT_LOG]);
+        Ok(String::from_utf8_lossy(&log.stdout)
             .lines()
             .filter(|line| *line == "ok")
             .count())
@@ -1224,6 +1234,45 @@ fn nftables_table_is_restored(lab: &Lab) -> Result<(), String> {
     c.exec_ok(&["nft", "delete", "table", "inet", "harness_other"])?;
     if !other.status.success() {
         return Err("table inet harness_other is gone".into());
+    }
+    Ok(())
+}
+
+fn rejected_reload_degrades_status(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    let bad = "/etc/slicewall/rules.d/62-harness-bad.toml";
+    let matcher = format!("MESSAGE_ID={RULES_REJECTED_ID}");
+    let rejected_before = c.journal_json(&[&matcher])?.len();
+    c.write_file(bad, b"[[rule]]\naction = \"maybe\"\n", 0o644)?;
+    c.exec_ok(&["systemctl", "reload", "slicewalld.service"])?;
+    let result = wait_for(Duration::from_secs(10), "the rules-rejected record", || {
+        Ok(c.journal_json(&[&matcher])?.len() > rejected_before)
+    })
+    .and_then(|()| {
+        let status = c.exec(&["slicewallctl", "status"]);
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        if status.status.code() != Some(1) {
+            return Err(format!(
+                "status exited with {:?}: {text}",
+                status.status.code()
+            ));
+        }
+        if !text.contains("rejected the reload") || !text.contains(bad) {
+            return Err(format!("status does not name the rejected file: {text}"));
+        }
+        Ok(())
+    });
+    c.exec_ok(&["rm", "-f", bad])?;
+    lab.reload_rules()?;
+    result?;
+
+    let status = c.exec(&["slicewallctl", "status"]);
+    if status.status.code() != Some(0) {
+        return Err(format!(
+            "status after a good reload exited with {:?}: {}",
+            status.status.code(),
+            String::from_utf8_lossy(&status.stdout)
+        ));
     }
     Ok(())
 }

@@ -206,6 +206,8 @@ struct Daemon {
     events_lost: u64,
     /// Errors in rule files that were skipped at start.
     degraded: Vec<String>,
+    /// Why the last reload was rejected, until a reload succeeds.
+    rejected_reload: Option<String>,
     rule_files: Vec<PathBuf>,
     unit_directory: UnitDirectory,
     following: Following,
@@ -303,6 +305,7 @@ impl Daemon {
             fail_verdict,
             events_lost: 0,
             degraded,
+            rejected_reload: None,
             rule_files: rule_set.files.clone(),
             unit_directory: UnitDirectory::default(),
             following: Following::NotBooted,
@@ -364,6 +367,7 @@ impl Daemon {
                     return;
                 }
                 self.degraded.clear();
+                self.rejected_reload = None;
                 self.rule_files = rule_set.files;
                 self.unit_directory.resummarize(self.tables.rules());
                 if let Some(nft) = &mut self.nft {
@@ -388,6 +392,11 @@ impl Daemon {
                 );
                 self.audit
                     .event(audit::EventKind::RulesRejected, &message, &[]);
+                // The first error names the file and position; `slicewallctl check` lists all.
+                self.rejected_reload = Some(match errors.first() {
+                    Some(first) => format!("{message}; the first: {first}"),
+                    None => message.clone(),
+                });
                 self.status_text = message;
             }
         }
@@ -486,6 +495,9 @@ impl Daemon {
             .iter()
             .map(|error| format!("rule file skipped: {error}"))
             .collect();
+        if let Some(reason) = &self.rejected_reload {
+            reasons.push(reason.clone());
+        }
         if let Following::Connecting(reason) = &self.following {
             reasons.push(format!("not following the system manager: {reason}"));
         }

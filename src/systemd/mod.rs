@@ -22,8 +22,9 @@
 
 pub mod summary;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,10 +46,19 @@ const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
 const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
 /// Wait between attempts to reach a manager that is not there yet.
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
-/// Attempts to reach a user manager that systemd reports as started.
+/// Failed attempts to reach a running user manager after which a warning is logged. The
+/// follower keeps trying while the manager runs, with delays that double up to
+/// [`MAX_USER_RETRY_DELAY`].
 const USER_MANAGER_ATTEMPTS: u32 = 10;
-/// Maximum number of units kept per user manager, because a user can make a manager report any
-/// number of them.
+const FIRST_USER_RETRY_DELAY: Duration = Duration::from_millis(300);
+const MAX_USER_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// Maximum number of units of a user manager that the follower tracks at all, running or not.
+const MAX_KNOWN_USER_UNITS: usize = 65_536;
+/// Maximum number of signals waiting to be handled. A manager, or a fake one on a user's bus,
+/// that sends more is disconnected and listed again from scratch.
+const MAX_QUEUED_SIGNALS: usize = 100_000;
+/// Maximum number of running units reported per user manager, because a user can make a manager
+/// report any number of them. Units that do not run do not count.
 const MAX_USER_UNITS: usize = 4096;
 
 /// The service manager that runs a unit.
@@ -176,9 +186,9 @@ impl Follower {
 
     async fn follow_user(&self, uid: u32, cgroup: String) {
         let manager = Manager::User(uid);
-        let mut attempts = 0;
-        let reason = loop {
-            attempts += 1;
+        let mut failures = 0;
+        let mut delay = FIRST_USER_RETRY_DELAY;
+        loop {
             let result = match connect_as_user(uid).await {
                 Ok(connection) => {
                     self.follow_manager(connection, manager, Some(&cgroup), &mut HashMap::new())
@@ -186,19 +196,35 @@ impl Follower {
                 }
                 Err(error) => Err(error),
             };
-            match result {
-                Ok(()) => break "the connection ended".to_owned(),
-                Err(error) if attempts < USER_MANAGER_ATTEMPTS => {
-                    tracing::debug!("cannot reach the manager of user {uid} yet: {error:#}");
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+            let reason = match result {
+                Ok(()) => {
+                    failures = 0;
+                    delay = FIRST_USER_RETRY_DELAY;
+                    "the connection ended".to_owned()
                 }
                 Err(error) => {
-                    tracing::warn!("cannot follow the manager of user {uid}: {error:#}");
-                    break format!("{error:#}");
+                    failures += 1;
+                    if failures == USER_MANAGER_ATTEMPTS {
+                        tracing::warn!(
+                            "cannot follow the manager of user {uid}, still trying: {error:#}"
+                        );
+                    } else {
+                        tracing::debug!("cannot reach the manager of user {uid}: {error:#}");
+                    }
+                    format!("{error:#}")
                 }
+            };
+            // The manager's units are dropped until it is followed again.
+            if self
+                .updates
+                .send(Update::ManagerDown { manager, reason })
+                .is_err()
+            {
+                return;
             }
-        };
-        let _ = self.updates.send(Update::ManagerDown { manager, reason });
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_USER_RETRY_DELAY);
+        }
     }
 
     /// Reports every unit a manager has, then every change, until the connection ends. Returns
@@ -225,11 +251,23 @@ impl Follower {
         // zbus stops reading the connection while a stream's queue is full, and the calls below
         // wait for replies on the same connection. So a task of its own moves each signal into an
         // unbounded queue at once; otherwise a burst of signals during a call deadlocks both.
+        // The queue is bounded by a count, and the reader stops when the count is reached, which
+        // ends this follower once the queue is drained.
         let (signal_sender, mut signals) = mpsc::unbounded_channel::<zbus::Result<zbus::Message>>();
-        let _reader = AbortOnDrop(tokio::spawn(async move {
-            while let Some(message) = messages.next().await {
-                if signal_sender.send(message).is_err() {
-                    break;
+        let queued = Arc::new(AtomicUsize::new(0));
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let _reader = AbortOnDrop(tokio::spawn({
+            let queued = Arc::clone(&queued);
+            let overflowed = Arc::clone(&overflowed);
+            async move {
+                while let Some(message) = messages.next().await {
+                    if queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_SIGNALS {
+                        overflowed.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    if signal_sender.send(message).is_err() {
+                        break;
+                    }
                 }
             }
         }));
@@ -254,7 +292,8 @@ impl Follower {
         let mut units = FollowedUnits::new(manager);
         for unit in listed {
             if units.insert(&unit.0, &unit.6) {
-                self.refresh(&session, &unit.6, user_managers).await;
+                self.refresh(&session, &unit.6, &mut units, user_managers)
+                    .await;
             }
         }
         if self.updates.send(Update::ManagerUp(manager)).is_err() {
@@ -269,6 +308,7 @@ impl Follower {
             while let Ok(message) = signals.try_recv() {
                 batch.push(message);
             }
+            queued.fetch_sub(batch.len(), Ordering::Relaxed);
             let mut changed: Vec<OwnedObjectPath> = Vec::new();
             for message in batch {
                 let message = message.context("failed to read from the manager")?;
@@ -298,12 +338,19 @@ impl Follower {
             for path in changed {
                 // A unit removed later in the same batch is not read again.
                 if units.contains(&path) {
-                    self.refresh(&session, &path, user_managers).await;
+                    self.refresh(&session, &path, &mut units, user_managers)
+                        .await;
                 }
             }
             if self.updates.is_closed() {
                 return Ok(());
             }
+        }
+        if overflowed.load(Ordering::Relaxed) {
+            anyhow::bail!(
+                "{} sent more than {MAX_QUEUED_SIGNALS} signals faster than they were handled",
+                manager.name()
+            );
         }
         Ok(())
     }
@@ -314,6 +361,7 @@ impl Follower {
         &self,
         session: &Session,
         path: &OwnedObjectPath,
+        units: &mut FollowedUnits,
         user_managers: &mut HashMap<u32, tokio::task::JoinHandle<()>>,
     ) {
         let record = match session.read_unit(path).await {
@@ -324,6 +372,17 @@ impl Follower {
                 return;
             }
         };
+        match units.admit(path, record.cgroup_id.is_some()) {
+            Admission::Report => {}
+            Admission::Withdraw => {
+                let _ = self.updates.send(Update::Removed {
+                    manager: record.manager,
+                    name: record.name,
+                });
+                return;
+            }
+            Admission::Skip => return,
+        }
         if record.manager == Manager::System {
             if let Some(uid) = user_manager_uid(&record.name) {
                 let running = matches!(record.active_state.as_str(), "active" | "reloading");
@@ -334,7 +393,9 @@ impl Follower {
                         let task = tokio::spawn(self.clone().run_user(uid, cgroup));
                         user_managers.insert(uid, task);
                     }
-                    (false, _) => {}
+                    // A follower retries for as long as its manager runs, and no longer.
+                    (false, Some(_)) => self.stop_user_follower(uid, &record.name, user_managers),
+                    (false, None) => {}
                 }
             }
         }
@@ -349,16 +410,25 @@ impl Follower {
     ) {
         if manager == Manager::System {
             if let Some(uid) = user_manager_uid(&name) {
-                if let Some(task) = user_managers.remove(&uid) {
-                    task.abort();
-                    let _ = self.updates.send(Update::ManagerDown {
-                        manager: Manager::User(uid),
-                        reason: format!("{name} was stopped"),
-                    });
-                }
+                self.stop_user_follower(uid, &name, user_managers);
             }
         }
         let _ = self.updates.send(Update::Removed { manager, name });
+    }
+
+    fn stop_user_follower(
+        &self,
+        uid: u32,
+        unit: &str,
+        user_managers: &mut HashMap<u32, tokio::task::JoinHandle<()>>,
+    ) {
+        if let Some(task) = user_managers.remove(&uid) {
+            task.abort();
+            let _ = self.updates.send(Update::ManagerDown {
+                manager: Manager::User(uid),
+                reason: format!("{unit} stopped"),
+            });
+        }
     }
 }
 
@@ -497,13 +567,27 @@ impl Session {
     }
 }
 
-/// The units of one manager that a follower reads, by object path and by name.
+/// The units of one manager that a follower reads, by object path and by name, and which of
+/// them run.
 struct FollowedUnits {
     manager: Manager,
     by_path: HashMap<OwnedObjectPath, String>,
     by_name: HashMap<String, OwnedObjectPath>,
-    /// Set once the limit of a user manager was reported, so it is logged once.
+    /// Units reported to the daemon as running. Only these count against [`MAX_USER_UNITS`].
+    running: HashSet<OwnedObjectPath>,
+    /// Set once a limit of a user manager was reached, so it is logged once.
     full: bool,
+}
+
+/// What the follower does with a unit it has just read.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    /// Report the unit's state.
+    Report,
+    /// Report that the unit is gone: a user unit that stopped running.
+    Withdraw,
+    /// Report nothing.
+    Skip,
 }
 
 impl FollowedUnits {
@@ -512,30 +596,47 @@ impl FollowedUnits {
             manager,
             by_path: HashMap::new(),
             by_name: HashMap::new(),
+            running: HashSet::new(),
             full: false,
         }
     }
 
     /// Adds a unit of a followed type. Returns false for another type, and for a new unit of a
-    /// user manager that reached [`MAX_USER_UNITS`].
+    /// user manager that already has [`MAX_KNOWN_USER_UNITS`].
     fn insert(&mut self, name: &str, path: &OwnedObjectPath) -> bool {
         if !is_followed(name) {
             return false;
         }
-        let limited = self.manager != Manager::System && self.by_path.len() >= MAX_USER_UNITS;
+        let limited = self.manager != Manager::System && self.by_path.len() >= MAX_KNOWN_USER_UNITS;
         if limited && !self.by_path.contains_key(path) {
-            if !self.full {
-                self.full = true;
-                tracing::warn!(
-                    "{} reports more than {MAX_USER_UNITS} units; not following the others",
-                    self.manager.name()
-                );
-            }
+            self.report_full(MAX_KNOWN_USER_UNITS);
             return false;
         }
         self.by_path.insert(path.clone(), name.to_owned());
         self.by_name.insert(name.to_owned(), path.clone());
         true
+    }
+
+    /// Decides whether a unit just read is reported. Every unit of the system manager is. Of a
+    /// user manager, only running units are, at most [`MAX_USER_UNITS`] of them, so a user's
+    /// failed and stopped units cannot crowd out the running ones.
+    fn admit(&mut self, path: &OwnedObjectPath, running: bool) -> Admission {
+        if self.manager == Manager::System {
+            return Admission::Report;
+        }
+        if !running {
+            return if self.running.remove(path) {
+                Admission::Withdraw
+            } else {
+                Admission::Skip
+            };
+        }
+        if self.running.contains(path) || self.running.len() < MAX_USER_UNITS {
+            self.running.insert(path.clone());
+            return Admission::Report;
+        }
+        self.report_full(MAX_USER_UNITS);
+        Admission::Skip
     }
 
     /// Forgets a unit. Returns false when it was not followed.
@@ -544,6 +645,7 @@ impl FollowedUnits {
             return false;
         };
         self.by_name.remove(&name);
+        self.running.remove(path);
         true
     }
 
@@ -553,6 +655,16 @@ impl FollowedUnits {
 
     fn path_of(&self, name: &str) -> Option<&OwnedObjectPath> {
         self.by_name.get(name)
+    }
+
+    fn report_full(&mut self, limit: usize) {
+        if !self.full {
+            self.full = true;
+            tracing::warn!(
+                "{} reports more than {limit} units; not following the others",
+                self.manager.name()
+            );
+        }
     }
 }
 
@@ -789,18 +901,41 @@ mod tests {
     #[test]
     fn user_manager_units_are_bounded() {
         let mut units = FollowedUnits::new(Manager::User(1000));
-        for index in 0..MAX_USER_UNITS {
+        for index in 0..MAX_KNOWN_USER_UNITS {
             assert!(units.insert(&format!("app-{index}.scope"), &object_path(index)));
         }
-        assert!(!units.insert("one-more.scope", &object_path(MAX_USER_UNITS)));
+        let more = object_path(MAX_KNOWN_USER_UNITS);
+        assert!(!units.insert("one-more.scope", &more));
         assert!(units.full);
         // A unit already followed still gets its updates.
         assert!(units.insert("app-0.scope", &object_path(0)));
 
         let mut system = FollowedUnits::new(Manager::System);
-        for index in 0..=MAX_USER_UNITS {
+        for index in 0..=MAX_KNOWN_USER_UNITS {
             assert!(system.insert(&format!("svc-{index}.service"), &object_path(index)));
         }
+    }
+
+    #[test]
+    fn only_running_user_units_are_reported() {
+        let mut units = FollowedUnits::new(Manager::User(1000));
+        // Stopped and failed units neither count nor get reported.
+        for index in 0..10 {
+            assert_eq!(units.admit(&object_path(index), false), Admission::Skip);
+        }
+        for index in 0..MAX_USER_UNITS {
+            assert_eq!(units.admit(&object_path(index), true), Admission::Report);
+        }
+        let extra = object_path(MAX_USER_UNITS);
+        assert_eq!(units.admit(&extra, true), Admission::Skip);
+
+        // A running unit that stops is withdrawn and makes room for another.
+        assert_eq!(units.admit(&object_path(0), false), Admission::Withdraw);
+        assert_eq!(units.admit(&object_path(0), false), Admission::Skip);
+        assert_eq!(units.admit(&extra, true), Admission::Report);
+
+        let mut system = FollowedUnits::new(Manager::System);
+        assert_eq!(system.admit(&object_path(1), false), Admission::Report);
     }
 
     #[test]

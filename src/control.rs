@@ -51,6 +51,40 @@ pub struct Status {
 
 pub type SharedStatus = Arc<Mutex<Status>>;
 
+/// One open prompt, as `ListPrompts` returns it and `PromptAdded` carries it unpacked: ID, UID
+/// of the process that made the flow, unit, app ID, display name, executable, its SHA-256, host
+/// name, address, port, protocol (`tcp` or `udp`), cgroup path, and the deadline in
+/// `CLOCK_REALTIME` microseconds. Empty strings stand for unknown.
+pub type PromptRow = (
+    u64,
+    u32,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    u16,
+    String,
+    String,
+    u64,
+);
+
+/// One row of `ListRules`: rule ID (`file:line` or `memory:N`), lifetime, origin and the rule as
+/// a `[[rule]]` TOML table.
+pub type RuleRow = (String, String, String, String);
+
+/// D-Bus error names of the interface, shared by the daemon and its clients.
+pub mod errors {
+    pub const INVALID_ARGUMENT: &str = "org.slicewall.Firewall1.Error.InvalidArgument";
+    pub const NOT_AUTHORIZED: &str = "org.slicewall.Firewall1.Error.NotAuthorized";
+    pub const POLKIT_UNAVAILABLE: &str = "org.slicewall.Firewall1.Error.PolkitUnavailable";
+    pub const NO_SUCH_PROMPT: &str = "org.slicewall.Firewall1.Error.NoSuchPrompt";
+    pub const NO_SUCH_RULE: &str = "org.slicewall.Firewall1.Error.NoSuchRule";
+    pub const FAILED: &str = "org.slicewall.Firewall1.Error.Failed";
+}
+
 struct Firewall {
     status: SharedStatus,
 }
@@ -190,4 +224,78 @@ pub trait Firewall1 {
 
     #[zbus(property, name = "FollowingSystemd")]
     fn following_systemd(&self) -> zbus::Result<bool>;
+
+    /// Lists open prompts: all of them for root, the caller's own for other users.
+    #[zbus(name = "ListPrompts")]
+    fn list_prompts(&self) -> zbus::Result<Vec<PromptRow>>;
+
+    /// Answers a prompt. `action` is `allow` or `deny`; `lifetime` is `once`,
+    /// `until-app-quits`, `until-logout`, `until-reboot` or `forever`; `scope` is
+    /// `destination`, `domain` or `any`.
+    #[zbus(name = "AnswerPrompt")]
+    fn answer_prompt(&self, id: u64, action: &str, lifetime: &str, scope: &str)
+        -> zbus::Result<()>;
+
+    /// Makes the caller's unique bus name the prompt agent of the caller's UID.
+    #[zbus(name = "RegisterAgent")]
+    fn register_agent(&self) -> zbus::Result<()>;
+
+    #[zbus(name = "UnregisterAgent")]
+    fn unregister_agent(&self) -> zbus::Result<()>;
+
+    #[zbus(name = "ListRules")]
+    fn list_rules(&self) -> zbus::Result<Vec<RuleRow>>;
+
+    /// Adds a rule given as a `[[rule]]` TOML table; `lifetime` is `forever`, `until-reboot` or
+    /// `memory`. Returns the new rule's ID.
+    #[zbus(name = "AddRule")]
+    fn add_rule(&self, toml: &str, lifetime: &str) -> zbus::Result<String>;
+
+    #[zbus(name = "RemoveRule")]
+    fn remove_rule(&self, id: &str) -> zbus::Result<()>;
+
+    #[zbus(name = "Reload")]
+    fn reload(&self) -> zbus::Result<()>;
+
+    /// Sets the mode: `alert`, `silent-allow` or `silent-deny`.
+    #[zbus(name = "SetMode")]
+    fn set_mode(&self, mode: &str) -> zbus::Result<()>;
+
+    #[zbus(property, name = "Mode")]
+    fn mode(&self) -> zbus::Result<String>;
+
+    #[zbus(property, name = "PromptTimeoutSec")]
+    fn prompt_timeout_sec(&self) -> zbus::Result<u32>;
+
+    #[zbus(property, name = "OpenPrompts")]
+    fn open_prompts(&self) -> zbus::Result<u32>;
+
+    /// Sent to the registered agent of `uid` (unicast) for each new prompt, and again for every
+    /// open prompt when an agent registers.
+    #[zbus(signal, name = "PromptAdded")]
+    #[allow(clippy::too_many_arguments)]
+    fn prompt_added(
+        &self,
+        id: u64,
+        uid: u32,
+        unit: &str,
+        app_id: &str,
+        app_name: &str,
+        exe: &str,
+        sha256: &str,
+        host: &str,
+        address: &str,
+        port: u16,
+        protocol: &str,
+        cgroup: &str,
+        deadline_usec: u64,
+    ) -> zbus::Result<()>;
+
+    /// Sent to the same agent when a prompt closes; `outcome` is `allow`, `deny`, `timeout`,
+    /// `no-agent` or `gone`.
+    #[zbus(signal, name = "PromptClosed")]
+    fn prompt_closed(&self, id: u64, outcome: &str) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "RulesChanged")]
+    fn rules_changed(&self) -> zbus::Result<()>;
 }

@@ -9,6 +9,7 @@
 //!   and IDs), [`audit`] (the journal stream) and [`kernel`] (eBPF programs and maps);
 //! - [`daemon`], which ties them together for `slicewalld`.
 
+pub mod agent;
 pub mod audit;
 pub mod cgroup;
 pub mod control;
@@ -17,6 +18,7 @@ pub mod exe;
 pub mod kernel;
 pub mod nft;
 pub mod policy;
+pub mod prompt;
 pub mod rules;
 pub mod systemd;
 pub mod unit;

@@ -12,6 +12,8 @@
 
 #[path = "systemd/container.rs"]
 mod container;
+#[path = "systemd/prompts.rs"]
+mod prompts;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -136,17 +138,24 @@ fn main() -> ExitCode {
         }
     }
     if std::env::args().any(|arg| arg == "--list") {
-        for (name, _) in CASES {
+        for (name, _) in CASES.iter().chain(prompts::PROMPT_CASES) {
             println!("{name}: test");
         }
         return ExitCode::SUCCESS;
     }
+    let matches =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     let selected: Vec<(&str, Case)> = CASES
         .iter()
         .copied()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .filter(|(name, _)| matches(name))
         .collect();
-    if selected.is_empty() {
+    let prompt_cases: Vec<(&str, Case)> = prompts::PROMPT_CASES
+        .iter()
+        .copied()
+        .filter(|(name, _)| matches(name))
+        .collect();
+    if selected.is_empty() && prompt_cases.is_empty() {
         println!("no case matches {filters:?}");
         return ExitCode::SUCCESS;
     }
@@ -171,7 +180,20 @@ fn main() -> ExitCode {
     let mut failed = 0;
     match std::panic::catch_unwind(AssertUnwindSafe(|| Lab::set_up(Arc::clone(&container)))) {
         Ok(Ok(lab)) => {
-            for (name, case) in &selected {
+            let mut run = selected.clone();
+            if !prompt_cases.is_empty() {
+                match prompts::check_daemon(&lab).and_then(|()| prompts::set_up(&lab)) {
+                    Ok(()) => run.extend(prompt_cases.iter().copied()),
+                    Err(reason) if reason == "slicewalld has no prompts" => {
+                        println!("skipping: {reason}");
+                    }
+                    Err(error) => {
+                        failed += 1;
+                        println!("FAILED: prompt setup: {error}");
+                    }
+                }
+            }
+            for (name, case) in &run {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     break;
                 }
@@ -204,7 +226,7 @@ fn main() -> ExitCode {
     }
     println!(
         "harness: {} cases, {failed} failed, {:.1} s from boot to teardown",
-        selected.len(),
+        selected.len() + prompt_cases.len(),
         started.elapsed().as_secs_f64()
     );
     if failed == 0 {
@@ -220,6 +242,12 @@ fn check_tools() -> Result<(), String> {
         if container::find_in_path(tool).is_none() {
             return Err(format!("{tool} is not installed"));
         }
+    }
+    if !probe_path().with_file_name("notification-double").exists() {
+        return Err(format!(
+            "{} is missing; build it with `cargo build --example notification-double`",
+            probe_path().with_file_name("notification-double").display()
+        ));
     }
     if !probe_path().exists() {
         return Err(format!(

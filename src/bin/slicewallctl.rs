@@ -4,6 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use slicewall::agent::describe_error;
+use slicewall::prompt::{Answer, Lifetime, Scope, Verdict};
+
+#[path = "slicewallctl/prompts.rs"]
+mod prompts;
+#[path = "slicewallctl/rules.rs"]
+mod rules;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +47,68 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// List open prompts (yours, or all for root), or answer one.
+    Prompts {
+        #[command(subcommand)]
+        command: Option<PromptsCommand>,
+    },
+    /// Answer prompts in this terminal: registers as your prompt agent, prints each prompt and
+    /// reads the answer. Ctrl-C or the end of input unregisters.
+    Agent,
+    /// List, add or remove rules of the running daemon.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Make the daemon read its rule files again, as SIGHUP does.
+    Reload,
+    /// Print the daemon's mode, or set it.
+    Mode {
+        /// alert (ask rules raise prompts), silent-allow or silent-deny (ask rules give that
+        /// verdict without a prompt).
+        #[arg(value_parser = ["alert", "silent-allow", "silent-deny"])]
+        mode: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PromptsCommand {
+    /// Answer one prompt.
+    Answer {
+        /// Prompt ID, as `slicewallctl prompts` lists it.
+        id: u64,
+        /// allow or deny.
+        verdict: Verdict,
+        /// How long the answer lasts: once, until-app-quits, until-logout, until-reboot or
+        /// forever.
+        #[arg(long, default_value = "once")]
+        lifetime: Lifetime,
+        /// Which destinations it covers: destination (address, port and protocol), domain (the
+        /// host's domain if known, else the address) or any.
+        #[arg(long, default_value = "destination")]
+        scope: Scope,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// List every rule in force, with its ID, lifetime and origin.
+    List,
+    /// Add rules from a TOML file of `[[rule]]` tables (`-` or nothing: standard input). The
+    /// file is checked here first, so errors name FILE:LINE:COLUMN.
+    Add {
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// forever (written under /etc/slicewall/rules.d/), until-reboot (under
+        /// /run/slicewall/rules.d/) or memory (until the daemon stops).
+        #[arg(long, default_value = "forever", value_parser = ["forever", "until-reboot", "memory"])]
+        lifetime: String,
+    },
+    /// Remove an answer or in-memory rule by its ID, as `rules list` prints it.
+    Remove {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,12 +123,63 @@ fn main() -> ExitCode {
         Command::Hash { files } => hash(&files),
         Command::Status => with_daemon(status),
         Command::Units { all } => with_daemon(move |proxy| units(proxy, all)),
+        Command::Prompts { command: None } => with_daemon(prompts::list),
+        Command::Prompts {
+            command:
+                Some(PromptsCommand::Answer {
+                    id,
+                    verdict,
+                    lifetime,
+                    scope,
+                }),
+        } => with_daemon(move |proxy| {
+            prompts::answer(
+                proxy,
+                id,
+                Answer {
+                    verdict,
+                    lifetime,
+                    scope,
+                },
+            )
+        }),
+        Command::Agent => with_daemon(prompts::terminal_agent),
+        Command::Rules {
+            command: RulesCommand::List,
+        } => with_daemon(rules::list),
+        Command::Rules {
+            command: RulesCommand::Add { file, lifetime },
+        } => match rules::read_and_check(file.as_deref()) {
+            Ok(text) => with_daemon(move |proxy| rules::add(proxy, text, lifetime)),
+            Err(code) => code,
+        },
+        Command::Rules {
+            command: RulesCommand::Remove { id },
+        } => with_daemon(move |proxy| rules::remove(proxy, id)),
+        Command::Reload => with_daemon(|proxy| async move {
+            proxy.reload().await?;
+            println!("reloaded");
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Mode { mode } => with_daemon(move |proxy| async move {
+            match mode {
+                Some(mode) => proxy.set_mode(&mode).await?,
+                None => println!("{}", proxy.mode().await?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
     }
 }
 
 /// Exit status when the daemon is not on the system bus, as `systemctl status` uses for a unit
 /// that is not running.
 const NOT_RUNNING: u8 = 3;
+/// Exit status for invalid arguments, from clap or the daemon's InvalidArgument.
+const INVALID_ARGUMENT: u8 = 2;
+/// Exit status when polkit did not authorize the call or could not answer.
+const NOT_AUTHORIZED: u8 = 4;
+/// Exit status when the prompt or rule does not exist (any more).
+const NOT_FOUND: u8 = 5;
 
 /// Connects to the daemon on the system bus and runs `command` against it.
 fn with_daemon<F, Fut>(command: F) -> ExitCode
@@ -104,12 +224,33 @@ where
                 );
                 ExitCode::from(NOT_RUNNING)
             }
-            Err(error) => {
-                eprintln!("slicewallctl: {error}");
-                ExitCode::FAILURE
-            }
+            Err(error) => report_error(&error),
         }
     })
+}
+
+/// Prints a failed call with its D-Bus error name and message, and returns the exit status
+/// that slicewallctl(1) documents for it.
+fn report_error(error: &zbus::Error) -> ExitCode {
+    use slicewall::control::errors;
+
+    eprintln!("slicewallctl: {}", describe_error(error));
+    let name = match error {
+        zbus::Error::MethodError(name, _, _) => name.as_str(),
+        _ => "",
+    };
+    match name {
+        errors::INVALID_ARGUMENT => ExitCode::from(INVALID_ARGUMENT),
+        errors::NOT_AUTHORIZED
+        | errors::POLKIT_UNAVAILABLE
+        | "org.freedesktop.DBus.Error.AccessDenied" => ExitCode::from(NOT_AUTHORIZED),
+        errors::NO_SUCH_PROMPT | errors::NO_SUCH_RULE => ExitCode::from(NOT_FOUND),
+        "org.freedesktop.DBus.Error.UnknownMethod" => {
+            eprintln!("slicewallctl: this slicewalld is too old for the command");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::FAILURE,
+    }
 }
 
 async fn status(

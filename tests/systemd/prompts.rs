@@ -1,0 +1,316 @@
+//! Prompt cases of the systemd harness: the real slicewall-agent, as the test user, shows the
+//! daemon's prompts on the notification double, which presses buttons on command.
+//!
+//! They need a slicewalld with the prompt members (`ListPrompts`); `run` checks the daemon's
+//! introspection first and prints `skipping: slicewalld has no prompts` otherwise.
+
+use std::time::{Duration, Instant};
+
+use super::{expect_allowed, expect_denied, field, random_suffix, target, wait_for, Lab, USER};
+
+/// App ID whose scopes the `ask` rule covers.
+const PROMPT_APP: &str = "org.example.Prompt";
+const ASK_RULES_FILE: &str = "/etc/slicewall/rules.d/61-harness-ask.toml";
+const ANSWERS_FILE: &str = "/etc/slicewall/rules.d/70-slicewall-answers.toml";
+/// The double's record and command files, in a directory the test user owns.
+const DOUBLE_DIR: &str = "/run/harness-double";
+const RECORD: &str = "/run/harness-double/record.jsonl";
+const COMMANDS: &str = "/run/harness-double/commands";
+const DOUBLE_UNIT: &str = "harness-double.service";
+const AGENT_UNIT: &str = "harness-agent.service";
+
+pub type Case = fn(&Lab) -> Result<(), String>;
+
+pub const PROMPT_CASES: &[(&str, Case)] = &[
+    ("prompt_allow_always_writes_rule", allow_always_writes_rule),
+    ("prompt_deny_once_fails_fast", deny_once_fails_fast),
+    ("prompt_without_actions_hints", without_actions_hints),
+    ("prompt_notification_latency", notification_latency),
+];
+
+/// Returns why the prompt cases cannot run, if they cannot.
+pub fn check_daemon(lab: &Lab) -> Result<(), String> {
+    let introspection = lab.container().exec_ok(&[
+        "busctl",
+        "introspect",
+        "--no-pager",
+        "org.slicewall.Firewall1",
+        "/org/slicewall/Firewall1",
+        "org.slicewall.Firewall1",
+    ])?;
+    if introspection.contains(".ListPrompts") {
+        Ok(())
+    } else {
+        Err("slicewalld has no prompts".into())
+    }
+}
+
+/// Installs the agent, the double and the `ask` rule, starts a session bus for the test user,
+/// and starts the double and the agent on it as that user.
+pub fn set_up(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    let uid = lab.uid.to_string();
+    c.copy_file(
+        std::path::Path::new(env!("CARGO_BIN_EXE_slicewall-agent")),
+        "/usr/bin/slicewall-agent",
+        0o755,
+    )?;
+    c.copy_file(
+        &super::probe_path().with_file_name("notification-double"),
+        "/usr/bin/notification-double",
+        0o755,
+    )?;
+    let rules = format!(
+        "# Written by tests/systemd.rs.\n[[rule]]\naction = \"ask\"\napp = \"{PROMPT_APP}\"\naddress = \"127.0.0.1\"\nport = {}\n",
+        super::PORT
+    );
+    c.write_file(ASK_RULES_FILE, rules.as_bytes(), 0o644)?;
+    lab.reload_rules()?;
+    c.exec_ok(&["install", "-d", "-o", USER, DOUBLE_DIR])?;
+    c.exec_ok(&["runuser", "-u", USER, "--", "touch", RECORD, COMMANDS])?;
+
+    // The user's own session bus, as a desktop session would have.
+    let bus = format!("unix:path=/run/user/{uid}/harness-bus");
+    c.exec_ok(&[
+        "systemd-run",
+        "--quiet",
+        "--uid",
+        &uid,
+        "--unit",
+        "harness-session-bus.service",
+        "dbus-daemon",
+        "--session",
+        "--nofork",
+        &format!("--address={bus}"),
+    ])?;
+    wait_for(Duration::from_secs(10), "the session bus", || {
+        Ok(
+            c.exec(&["test", "-S", &format!("/run/user/{uid}/harness-bus")])
+                .status
+                .success(),
+        )
+    })?;
+    start_double(lab, &[])?;
+    c.exec_ok(&[
+        "systemd-run",
+        "--quiet",
+        "--uid",
+        &uid,
+        "--unit",
+        AGENT_UNIT,
+        &format!("--setenv=DBUS_SESSION_BUS_ADDRESS={bus}"),
+        "--setenv=XDG_CONFIG_HOME=/nonexistent",
+        "/usr/bin/slicewall-agent",
+    ])?;
+    wait_for(Duration::from_secs(10), "the agent to register", || {
+        let journal = c.exec(&["journalctl", "--no-pager", "-u", AGENT_UNIT]);
+        Ok(String::from_utf8_lossy(&journal.stdout).contains("registered as the prompt agent"))
+    })
+}
+
+/// (Re)starts the double as the test user with extra arguments.
+fn start_double(lab: &Lab, args: &[&str]) -> Result<(), String> {
+    let c = lab.container();
+    let uid = lab.uid.to_string();
+    let _ = c.exec(&["systemctl", "stop", DOUBLE_UNIT]);
+    let _ = c.exec(&["systemctl", "reset-failed", DOUBLE_UNIT]);
+    let mut command = vec![
+        "systemd-run".to_owned(),
+        "--quiet".into(),
+        "--uid".into(),
+        uid.clone(),
+        "--unit".into(),
+        DOUBLE_UNIT.into(),
+        format!("--setenv=DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/harness-bus"),
+        "/usr/bin/notification-double".into(),
+        "--record".into(),
+        RECORD.into(),
+        "--commands".into(),
+        COMMANDS.into(),
+    ];
+    command.extend(args.iter().map(|arg| (*arg).to_owned()));
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    c.exec_ok(&command)?;
+    wait_for(
+        Duration::from_secs(10),
+        "the double to own its name",
+        || {
+            let journal = c.exec(&["journalctl", "--no-pager", "-u", DOUBLE_UNIT]);
+            Ok(String::from_utf8_lossy(&journal.stdout).contains("ready"))
+        },
+    )
+}
+
+fn records(lab: &Lab) -> Result<Vec<serde_json::Value>, String> {
+    lab.container()
+        .exec_ok(&["cat", RECORD])?
+        .lines()
+        .filter(|line| line.contains("\"Notify\""))
+        .map(|line| serde_json::from_str(line).map_err(|error| format!("{error}: {line}")))
+        .collect()
+}
+
+fn press_next(lab: &Lab, key: &str) -> Result<(), String> {
+    lab.container()
+        .write_file(COMMANDS, format!("press {key}\n").as_bytes(), 0o666)
+}
+
+fn prompt_unit() -> String {
+    format!("app-test-{PROMPT_APP}-{}.scope", random_suffix())
+}
+
+/// Runs the probe in a new scope of the app and returns its result line and how long it took.
+fn probe(lab: &Lab) -> (String, Duration) {
+    let started = Instant::now();
+    let line = lab.probe_in_user_scope(&prompt_unit());
+    (line, started.elapsed())
+}
+
+fn allow_always_writes_rule(lab: &Lab) -> Result<(), String> {
+    let before = records(lab)?.len();
+    press_next(lab, "allow-always")?;
+    let (line, _) = probe(lab);
+    expect_allowed("the probe after Allow always", &line)?;
+
+    let records = records(lab)?;
+    let record = records
+        .get(before)
+        .ok_or("the double recorded no notification")?;
+    let keys: Vec<&str> = record["actions"]
+        .as_array()
+        .ok_or("the record has no actions")?
+        .iter()
+        .filter_map(|pair| pair[0].as_str())
+        .collect();
+    if keys != ["allow-once", "allow-always", "deny-once", "deny-always"] {
+        return Err(format!("unexpected buttons {keys:?}"));
+    }
+    let summary = field(record, "summary").unwrap_or("");
+    if summary != "Prompt wants to connect" {
+        return Err(format!("unexpected summary {summary:?}"));
+    }
+    let body = field(record, "body").unwrap_or("");
+    for expected in [
+        super::PROBE,
+        "127.0.0.1 port 18080/tcp",
+        "app-test-org.example.Prompt-",
+    ] {
+        if !body.contains(expected) {
+            return Err(format!("the body lacks {expected:?}: {body:?}"));
+        }
+    }
+
+    let c = lab.container();
+    let answers = c.exec_ok(&["cat", ANSWERS_FILE])?;
+    if !answers.contains(super::PROBE) {
+        return Err(format!(
+            "{ANSWERS_FILE} does not name the probe:\n{answers}"
+        ));
+    }
+    let answered = c.journal_json(&["-t", "slicewalld", "SLICEWALL_REASON=prompt-answer"])?;
+    let record = answered.last().ok_or("no prompt-answer record")?;
+    if field(record, "SLICEWALL_ANSWERED_BY") != Some(lab.uid.to_string().as_str()) {
+        return Err(format!(
+            "SLICEWALL_ANSWERED_BY is {:?}, expected {}",
+            field(record, "SLICEWALL_ANSWERED_BY"),
+            lab.uid
+        ));
+    }
+    // Later cases need prompts again.
+    c.exec_ok(&["rm", "-f", ANSWERS_FILE])?;
+    lab.reload_rules()
+}
+
+fn deny_once_fails_fast(lab: &Lab) -> Result<(), String> {
+    press_next(lab, "deny-once")?;
+    let (line, took) = probe(lab);
+    expect_denied("the probe after Deny once", &line)?;
+    // The default prompt timeout is 30 s; a denial well before it came from the answer.
+    if took > Duration::from_secs(10) {
+        return Err(format!(
+            "the denial took {:.1} s, as if the prompt timed out",
+            took.as_secs_f64()
+        ));
+    }
+    Ok(())
+}
+
+fn without_actions_hints(lab: &Lab) -> Result<(), String> {
+    start_double(lab, &["--no-actions"])?;
+    let result = without_actions_checks(lab);
+    start_double(lab, &[]).and(result)
+}
+
+fn without_actions_checks(lab: &Lab) -> Result<(), String> {
+    let before = records(lab)?.len();
+    let unit = prompt_unit();
+    let mut child = lab.container().run_user_scope_background(
+        USER,
+        lab.uid,
+        &unit,
+        &[super::PROBE, "tcp", &target()],
+    )?;
+    let mut hint = String::new();
+    let waited = wait_for(Duration::from_secs(10), "a notification", || {
+        let records = records(lab)?;
+        if let Some(record) = records.get(before) {
+            hint = field(record, "body").unwrap_or("").to_owned();
+            return Ok(true);
+        }
+        Ok(false)
+    });
+    // Answer as root with slicewallctl, so the probe ends before the timeout.
+    let listed = lab.container().exec_ok(&["slicewallctl", "prompts"]);
+    if let Ok(listed) = &listed {
+        for id in listed
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            let _ = lab.container().exec(&[
+                "slicewallctl",
+                "prompts",
+                "answer",
+                &id.to_string(),
+                "deny",
+            ]);
+        }
+    }
+    let _ = child.wait();
+    waited?;
+    if !hint.contains("slicewallctl prompts answer") {
+        return Err(format!("the body has no slicewallctl hint: {hint:?}"));
+    }
+    listed.map(drop)
+}
+
+/// Measures the time from starting a probe to the double's record of its notification, over
+/// 20 prompts answered with Allow once, and prints the median. It asserts no timing.
+fn notification_latency(lab: &Lab) -> Result<(), String> {
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let before = records(lab)?.len();
+        press_next(lab, "allow-once")?;
+        let started = Instant::now();
+        let unit = prompt_unit();
+        let mut child = lab.container().run_user_scope_background(
+            USER,
+            lab.uid,
+            &unit,
+            &[super::PROBE, "tcp", &target()],
+        )?;
+        let waited = wait_for(Duration::from_secs(10), "a notification", || {
+            Ok(records(lab)?.len() > before)
+        });
+        samples.push(started.elapsed());
+        let _ = child.wait();
+        waited?;
+    }
+    samples.sort();
+    println!(
+        "connect to notification: median {:.0} ms of {} (includes starting the scope and polling the record every 100 ms)",
+        samples[samples.len() / 2].as_secs_f64() * 1000.0,
+        samples.len()
+    );
+    Ok(())
+}

@@ -105,6 +105,18 @@ pub enum Reason {
     Pending,
     /// A resource limit decided the flow, not a rule.
     Limit,
+    /// An `ask` rule matched in mode silent-allow.
+    SilentAllow,
+    /// An `ask` rule matched in mode silent-deny.
+    SilentDeny,
+    /// A user answered the prompt for the flow.
+    PromptAnswer,
+    /// The prompt for the flow timed out, so the timeout answer applied.
+    Timeout,
+    /// The user had no agent registered, so the no-agent answer applied.
+    NoAgent,
+    /// The user had too many open prompts, so the timeout answer applied.
+    PromptLimit,
 }
 
 impl fmt::Display for Reason {
@@ -116,6 +128,12 @@ impl fmt::Display for Reason {
             Reason::FailMode => "fail-mode",
             Reason::Pending => "pending",
             Reason::Limit => "limit",
+            Reason::SilentAllow => "silent-allow",
+            Reason::SilentDeny => "silent-deny",
+            Reason::PromptAnswer => "prompt-answer",
+            Reason::Timeout => "timeout",
+            Reason::NoAgent => "no-agent",
+            Reason::PromptLimit => "prompt-limit",
         })
     }
 }
@@ -145,6 +163,8 @@ pub struct Decision {
     pub protocol: &'static str,
     pub address: IpAddr,
     pub port: u16,
+    /// Who answered the prompt that decided the flow, as "uid UID bus name NAME".
+    pub answered_by: Option<String>,
 }
 
 /// Kinds of daemon lifecycle records written with [`Audit::event`].
@@ -440,6 +460,7 @@ fn decision_record(decision: &Decision) -> Record {
     record.push("SLICEWALL_PROTOCOL", decision.protocol);
     record.push("SLICEWALL_ADDRESS", decision.address.to_canonical());
     record.push("SLICEWALL_PORT", decision.port);
+    record.push_some("SLICEWALL_ANSWERED_BY", decision.answered_by.as_deref());
     record
 }
 
@@ -694,6 +715,7 @@ mod tests {
             protocol: "tcp",
             address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             port: 80,
+            answered_by: None,
         }
     }
 

@@ -1325,9 +1325,11 @@ fn prompts_answered_over_dbus(lab: &Lab) -> Result<(), String> {
         0o644,
     )?;
     c.exec_ok(&["systemctl", "start", "polkit.service"])?;
-    let rule = format!(
-        "[[rule]]\naction = \"ask\"\nunit = \"harness-ask-*.scope\"\naddress = \"127.0.0.1\"\n"
-    );
+    let rule = "[[rule]]
+action = \"ask\"
+unit = \"harness-ask-*.scope\"
+address = \"127.0.0.1\"
+";
     c.write_file(ASK_RULES_FILE, rule.as_bytes(), 0o644)?;
     lab.reload_rules()?;
 

@@ -23,6 +23,13 @@
 #define SK_PASS 1
 #define SK_DROP 0
 
+#define SOL_TCP 6
+#define TCP_SYNCNT 7
+/* Linux 6.15 and later; older kernels reject it and the held socket keeps its backoff. */
+#define TCP_RTO_MAX_MS 44
+/* The kernel's default maximum RTO (TCP_RTO_MAX), restored once a held connection is up. */
+#define DEFAULT_RTO_MAX_MS 120000
+
 /* Map sizes are placeholders: the daemon sets every max_entries before loading. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -499,6 +506,23 @@ static __always_inline int gate_impl(struct bpf_sock_addr *ctx, const int family
 		return pend(ctx->sk, &flow, is_connect);
 	if (best.rule_id && (best.flags & SLICEWALL_CANDIDATE_NEEDS_EXE))
 		return pend(ctx->sk, &flow, is_connect);
+	if (best.rule_id && (best.flags & SLICEWALL_CANDIDATE_ASK)) {
+		switch (cfg->ask_mode) {
+		case SLICEWALL_ASK_PROMPT:
+			/* The daemon asks the user; nothing is cached, so every flow goes to it. */
+			return pend(ctx->sk, &flow, is_connect);
+		case SLICEWALL_ASK_SILENT_ALLOW:
+			best.verdict = SLICEWALL_VERDICT_ALLOW;
+			best.reason = SLICEWALL_REASON_SILENT_ALLOW;
+			break;
+		case SLICEWALL_ASK_SILENT_DENY:
+			best.verdict = SLICEWALL_VERDICT_DENY;
+			best.reason = SLICEWALL_REASON_SILENT_DENY;
+			break;
+		default:
+			break;
+		}
+	}
 
 	if (!best.rule_id) {
 		best.verdict = SLICEWALL_VERDICT_ALLOW;
@@ -599,24 +623,52 @@ int slicewall_egress(struct __sk_buff *skb)
 }
 
 /* Shortens the first SYN retransmission of a held socket, so that a connection the daemon
- * allows completes soon after the verdict instead of after the default one second. */
+ * allows completes soon after the verdict instead of after the default one second. While the
+ * user is asked, the SYN goes on being retransmitted: the retransmission count is raised so the
+ * connect outlasts the prompt, and the maximum RTO is lowered so the SYN after an "allow" leaves
+ * within that bound instead of after an exponential backoff of many seconds. Both are set back
+ * once the connection is established. */
 SEC("sockops")
 int slicewall_sockops(struct bpf_sock_ops *ops)
 {
 	struct slicewall_sock *storage;
 	struct slicewall_config *cfg;
 	struct bpf_sock *sk;
+	int value;
 
-	if (ops->op != BPF_SOCK_OPS_TIMEOUT_INIT)
+	if (ops->op != BPF_SOCK_OPS_TIMEOUT_INIT && ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 1;
 	sk = ops->sk;
 	if (!sk)
 		return 1;
 	storage = bpf_sk_storage_get(&slicewall_socks, sk, 0, 0);
-	if (!storage || !(storage->flags & SLICEWALL_SOCK_HELD))
+	if (!storage)
+		return 1;
+	if (ops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		if (storage->flags & SLICEWALL_SOCK_RTO_BOUNDED) {
+			value = DEFAULT_RTO_MAX_MS;
+			bpf_setsockopt(ops, SOL_TCP, TCP_RTO_MAX_MS, &value, sizeof(value));
+			storage->flags &= ~SLICEWALL_SOCK_RTO_BOUNDED;
+		}
+		return 1;
+	}
+	if (!(storage->flags & SLICEWALL_SOCK_HELD))
 		return 1;
 	cfg = config();
-	if (cfg && cfg->hold_rto_jiffies)
+	if (!cfg)
+		return 1;
+	if (cfg->hold_syn_retries) {
+		value = cfg->hold_syn_retries;
+		bpf_setsockopt(ops, SOL_TCP, TCP_SYNCNT, &value, sizeof(value));
+	}
+	if (cfg->hold_rto_max_ms) {
+		value = cfg->hold_rto_max_ms;
+		if (bpf_setsockopt(ops, SOL_TCP, TCP_RTO_MAX_MS, &value, sizeof(value)))
+			count(SLICEWALL_STAT_RTO_BOUND_FAILED);
+		else
+			storage->flags |= SLICEWALL_SOCK_RTO_BOUNDED;
+	}
+	if (cfg->hold_rto_jiffies)
 		ops->reply = cfg->hold_rto_jiffies;
 	return 1;
 }

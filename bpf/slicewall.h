@@ -19,6 +19,13 @@
 #define SLICEWALL_REASON_FAIL_MODE 4
 #define SLICEWALL_REASON_PENDING 5
 #define SLICEWALL_REASON_LIMIT 6 /* a map was full; the fail mode's verdict applies */
+#define SLICEWALL_REASON_SILENT_ALLOW 7 /* an "ask" rule in mode silent-allow */
+#define SLICEWALL_REASON_SILENT_DENY 8  /* an "ask" rule in mode silent-deny */
+/* Reasons only the daemon gives, for flows that waited on a prompt. */
+#define SLICEWALL_REASON_PROMPT_ANSWER 9
+#define SLICEWALL_REASON_TIMEOUT 10
+#define SLICEWALL_REASON_NO_AGENT 11
+#define SLICEWALL_REASON_PROMPT_LIMIT 12
 
 /* Event kinds sent to the daemon through the ring buffer. */
 #define SLICEWALL_EVENT_EXEC 1     /* a guarded process called execve(): identify it again */
@@ -29,8 +36,15 @@
 #define SLICEWALL_CANDIDATE_ASK 1 /* an "ask" rule; the verdict is the configured fallback */
 #define SLICEWALL_CANDIDATE_NEEDS_EXE 2 /* names an executable the gate does not know yet */
 
+/* What an "ask" candidate does, slicewall_config.ask_mode. */
+#define SLICEWALL_ASK_FALLBACK 0     /* the candidate's compiled verdict (--ask-fallback) */
+#define SLICEWALL_ASK_PROMPT 1       /* hand the flow to the daemon, which asks the user */
+#define SLICEWALL_ASK_SILENT_ALLOW 2 /* allow, reason silent-allow */
+#define SLICEWALL_ASK_SILENT_DENY 3  /* deny, reason silent-deny */
+
 /* Socket flags kept in socket storage. */
 #define SLICEWALL_SOCK_HELD 1
+#define SLICEWALL_SOCK_RTO_BOUNDED 2 /* the gate lowered the socket's maximum RTO while held */
 
 /* States of a held socket. */
 #define SLICEWALL_HELD_WAITING 1
@@ -44,6 +58,7 @@
 #define SLICEWALL_STAT_EVENTS_LOST 0
 #define SLICEWALL_STAT_DECISIONS 1
 #define SLICEWALL_STAT_PENDING 2
+#define SLICEWALL_STAT_RTO_BOUND_FAILED 3 /* bpf_setsockopt(TCP_RTO_MAX_MS) failed on a held socket */
 #define SLICEWALL_STAT_COUNT 4
 
 /* Levels below the guarded cgroup's level in the daemon's cgroup namespace at which exec tracking
@@ -63,13 +78,19 @@ struct slicewall_config {
 	__u32 guard_level;      /* depth of the guarded cgroup below the cgroup v2 root */
 	__u64 guard_cgroup_id;  /* the guarded cgroup; exec tracking ignores tasks outside it */
 	__u32 generation;       /* changes whenever the rules change, voiding cached verdicts */
-	__u32 padding;
+	__u32 ask_mode;         /* SLICEWALL_ASK_* */
 	/* The daemon's PID namespace as the device and inode number of its nsfs file, which
 	 * bpf_get_ns_current_pid_tgid() takes; process IDs in events are in this namespace.
 	 * pidns_ino 0 means the initial PID namespace, whose IDs bpf_get_current_pid_tgid()
 	 * returns for every task. */
 	__u64 pidns_dev;
 	__u64 pidns_ino;
+	/* SYN retransmissions of a held socket (TCP_SYNCNT), enough to outlast a prompt; 0 leaves
+	 * the socket's own. */
+	__u32 hold_syn_retries;
+	/* Maximum retransmission timeout of a held socket in milliseconds (TCP_RTO_MAX_MS), which
+	 * bounds the wait between an "allow" and the next SYN; 0 leaves the socket's own. */
+	__u32 hold_rto_max_ms;
 };
 
 struct slicewall_task {

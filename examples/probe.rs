@@ -10,7 +10,8 @@
 //! prints one line each; `--wait-ms N` waits before the first (to race nothing with exec).
 //!
 //! `--via thread` makes each flow from a new thread, `--via fork` from a forked child that does
-//! not exec; the child prints its result followed by `pid N`.
+//! not exec; the child prints its result followed by `pid N`. `--via parallel` starts every
+//! flow at once, each on its own thread.
 //!
 //! `--exec-after-ms N PROGRAM [ARGS...]` sleeps N milliseconds, then replaces itself with PROGRAM.
 //!
@@ -99,6 +100,27 @@ fn main() -> ExitCode {
         }
     };
     let mut failed = false;
+    if via == "parallel" {
+        // Every flow at once, each from its own thread; results print in the order they end.
+        let threads: Vec<_> = (0..repeat)
+            .map(|_| std::thread::spawn(move || flow(target)))
+            .collect();
+        for thread in threads {
+            match thread.join().expect("flow thread panicked") {
+                Ok(()) => println!("ok"),
+                Err(error) => {
+                    failed = true;
+                    let errno = error.raw_os_error().unwrap_or(0);
+                    println!("error: {} (errno {errno})", errno_name(errno));
+                }
+            }
+        }
+        return if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
     for _ in 0..repeat {
         let result = match via.as_str() {
             "process" => flow(target),

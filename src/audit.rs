@@ -105,6 +105,18 @@ pub enum Reason {
     Pending,
     /// A resource limit decided the flow, not a rule.
     Limit,
+    /// An `ask` rule matched in mode silent-allow.
+    SilentAllow,
+    /// An `ask` rule matched in mode silent-deny.
+    SilentDeny,
+    /// A user answered the prompt for the flow.
+    PromptAnswer,
+    /// The prompt for the flow timed out, so the timeout answer applied.
+    Timeout,
+    /// The user had no agent registered, so the no-agent answer applied.
+    NoAgent,
+    /// The user had too many open prompts, so the timeout answer applied.
+    PromptLimit,
 }
 
 impl fmt::Display for Reason {
@@ -116,6 +128,12 @@ impl fmt::Display for Reason {
             Reason::FailMode => "fail-mode",
             Reason::Pending => "pending",
             Reason::Limit => "limit",
+            Reason::SilentAllow => "silent-allow",
+            Reason::SilentDeny => "silent-deny",
+            Reason::PromptAnswer => "prompt-answer",
+            Reason::Timeout => "timeout",
+            Reason::NoAgent => "no-agent",
+            Reason::PromptLimit => "prompt-limit",
         })
     }
 }
@@ -145,6 +163,16 @@ pub struct Decision {
     pub protocol: &'static str,
     pub address: IpAddr,
     pub port: u16,
+    /// Who answered the prompt that decided the flow.
+    pub answered_by: Option<Answerer>,
+}
+
+/// The caller that answered a prompt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answerer {
+    pub uid: u32,
+    /// Unique name of the caller on the system bus.
+    pub bus_name: String,
 }
 
 /// Kinds of daemon lifecycle records written with [`Audit::event`].
@@ -440,6 +468,10 @@ fn decision_record(decision: &Decision) -> Record {
     record.push("SLICEWALL_PROTOCOL", decision.protocol);
     record.push("SLICEWALL_ADDRESS", decision.address.to_canonical());
     record.push("SLICEWALL_PORT", decision.port);
+    if let Some(answerer) = &decision.answered_by {
+        record.push("SLICEWALL_ANSWERED_BY", answerer.uid.to_string());
+        record.push("SLICEWALL_ANSWERED_BUS_NAME", answerer.bus_name.clone());
+    }
     record
 }
 
@@ -694,6 +726,7 @@ mod tests {
             protocol: "tcp",
             address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             port: 80,
+            answered_by: None,
         }
     }
 

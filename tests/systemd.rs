@@ -108,6 +108,7 @@ const CASES: &[(&str, Case)] = &[
         "rejected_reload_degrades_status",
         rejected_reload_degrades_status,
     ),
+    ("prompts_answered_over_dbus", prompts_answered_over_dbus),
 ];
 
 /// MESSAGE_ID of the daemon's rules-rejected records.
@@ -180,32 +181,19 @@ fn main() -> ExitCode {
     let mut failed = 0;
     match std::panic::catch_unwind(AssertUnwindSafe(|| Lab::set_up(Arc::clone(&container)))) {
         Ok(Ok(lab)) => {
-            let mut run = selected.clone();
+            failed += run_cases(&lab, &selected);
+            // The prompt cases start the test user's desktop agent, after which the vendor
+            // rules' `ask` for user.slice prompts instead of giving the ask fallback, so they run
+            // after the other cases.
             if !prompt_cases.is_empty() {
                 match prompts::check_daemon(&lab).and_then(|()| prompts::set_up(&lab)) {
-                    Ok(()) => run.extend(prompt_cases.iter().copied()),
+                    Ok(()) => failed += run_cases(&lab, &prompt_cases),
                     Err(reason) if reason == "slicewalld has no prompts" => {
                         println!("skipping: {reason}");
                     }
                     Err(error) => {
                         failed += 1;
                         println!("FAILED: prompt setup: {error}");
-                    }
-                }
-            }
-            for (name, case) in &run {
-                if INTERRUPTED.load(Ordering::SeqCst) {
-                    break;
-                }
-                let case_started = Instant::now();
-                let result = std::panic::catch_unwind(AssertUnwindSafe(|| case(&lab)))
-                    .unwrap_or_else(|panic| Err(panic_message(&panic)));
-                let seconds = case_started.elapsed().as_secs_f64();
-                match result {
-                    Ok(()) => println!("test {name} ... ok ({seconds:.1} s)"),
-                    Err(reason) => {
-                        failed += 1;
-                        println!("test {name} ... FAILED ({seconds:.1} s): {reason}");
                     }
                 }
             }
@@ -236,6 +224,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs cases in order, printing one line each, and returns how many failed.
+fn run_cases(lab: &Lab, cases: &[(&str, Case)]) -> usize {
+    let mut failed = 0;
+    for (name, case) in cases {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+        let case_started = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| case(lab)))
+            .unwrap_or_else(|panic| Err(panic_message(&panic)));
+        let seconds = case_started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => println!("test {name} ... ok ({seconds:.1} s)"),
+            Err(reason) => {
+                failed += 1;
+                println!("test {name} ... FAILED ({seconds:.1} s): {reason}");
+            }
+        }
+    }
+    failed
+}
+
 /// Tools the cases run inside the container, which shares the machine's files.
 fn check_tools() -> Result<(), String> {
     for tool in ["socat", "useradd", "runuser", "journalctl", "systemd-run"] {
@@ -260,6 +270,10 @@ fn check_tools() -> Result<(), String> {
 
 /// Returns the path of the probe example, which cargo builds next to the test binaries' deps
 /// directory.
+fn agent_path() -> std::path::PathBuf {
+    probe_path().with_file_name("agent")
+}
+
 fn probe_path() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let target = exe
@@ -378,6 +392,12 @@ impl Lab {
             "org.freedesktop.DBus",
             "ReloadConfig",
         ])?;
+        c.copy_file(
+            &root.join("polkit/org.slicewall.Firewall1.policy"),
+            "/usr/share/polkit-1/actions/org.slicewall.Firewall1.policy",
+            0o644,
+        )?;
+        c.exec_ok(&["systemctl", "start", "polkit.service"])?;
         c.write_file(RULES_FILE, RULES.as_bytes(), 0o644)?;
         c.exec_ok(&["journalctl", "--update-catalog"])?;
         c.exec_ok(&["systemctl", "daemon-reload"])?;
@@ -1302,5 +1322,291 @@ fn rejected_reload_degrades_status(lab: &Lab) -> Result<(), String> {
             String::from_utf8_lossy(&status.stdout)
         ));
     }
+    Ok(())
+}
+
+/// The test agent, installed in the container.
+const AGENT: &str = "/usr/bin/slicewall-test-agent";
+/// Rule file of the prompt case: scopes named harness-ask-*.scope are asked about.
+const ASK_RULES_FILE: &str = "/etc/slicewall/rules.d/62-harness-ask.toml";
+const ANSWERS_FILE: &str = "/etc/slicewall/rules.d/70-slicewall-answers.toml";
+/// A port nothing listens on, for flows that are denied.
+const CLOSED_PORT: u16 = 18099;
+
+fn busctl_call(c: &Container, method: &str, signature: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "busctl",
+        "--json=short",
+        "call",
+        "org.slicewall.Firewall1",
+        "/org/slicewall/Firewall1",
+        "org.slicewall.Firewall1",
+        method,
+    ];
+    args.extend_from_slice(signature);
+    c.exec(&args)
+}
+
+fn busctl_ok(c: &Container, method: &str, signature: &[&str]) -> Result<serde_json::Value, String> {
+    let output = busctl_call(c, method, signature);
+    if !output.status.success() {
+        return Err(format!(
+            "busctl call {method} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    if output.stdout.iter().all(u8::is_ascii_whitespace) {
+        // A method without output arguments prints nothing.
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&output.stdout)
+        .map_err(|error| format!("busctl call {method} printed invalid JSON: {error}"))
+}
+
+/// Returns the ids of the open prompts as root sees them.
+fn open_prompt_ids(c: &Container) -> Result<Vec<u64>, String> {
+    let reply = busctl_ok(c, "ListPrompts", &[])?;
+    Ok(reply["data"][0]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|row| row[0].as_u64()).collect())
+        .unwrap_or_default())
+}
+
+/// Starts the probe in a new system scope matching the ask rule; it connects to `port`.
+fn spawn_asking_probe(c: &Container, port: u16) -> Result<std::process::Child, String> {
+    let unit = format!("harness-ask-{}.scope", random_suffix());
+    let target = format!("127.0.0.1:{port}");
+    c.spawn(&[
+        "systemd-run",
+        "--quiet",
+        "--scope",
+        "-u",
+        &unit,
+        PROBE,
+        "tcp",
+        &target,
+    ])
+}
+
+/// Waits for a prompt that is not in `known` and returns its id.
+fn wait_for_new_prompt(c: &Container, known: &[u64]) -> Result<u64, String> {
+    let mut found = None;
+    wait_for(Duration::from_secs(10), "a new prompt", || {
+        found = open_prompt_ids(c)?
+            .into_iter()
+            .find(|id| !known.contains(id));
+        Ok(found.is_some())
+    })?;
+    Ok(found.unwrap_or_default())
+}
+
+fn probe_result(child: std::process::Child) -> String {
+    child
+        .wait_with_output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn prompts_answered_over_dbus(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    c.copy_file(&agent_path(), AGENT, 0o755)?;
+    let rule = "[[rule]]
+action = \"ask\"
+unit = \"harness-ask-*.scope\"
+address = \"127.0.0.1\"
+";
+    c.write_file(ASK_RULES_FILE, rule.as_bytes(), 0o644)?;
+    lab.reload_rules()?;
+
+    let mut agent = c.spawn(&[AGENT])?;
+    let mut agent_lines =
+        std::io::BufReader::new(agent.stdout.take().ok_or("agent has no stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut agent_lines, &mut line)
+        .map_err(|error| format!("failed to read the agent: {error}"))?;
+    if line.trim() != "registered" {
+        let _ = agent.kill();
+        return Err(format!("the agent printed {line:?} instead of registered"));
+    }
+    let result = prompt_checks(lab);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = c.exec(&["rm", "-f", ASK_RULES_FILE, ANSWERS_FILE]);
+    lab.reload_rules()?;
+    result
+}
+
+fn prompt_checks(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+
+    // Another user may not answer root's prompt, and does not see it.
+    let probe = spawn_asking_probe(c, PORT)?;
+    let id = wait_for_new_prompt(c, &[])?;
+    let user_list = c.exec(&[
+        "runuser",
+        "-u",
+        USER,
+        "--",
+        "busctl",
+        "--json=short",
+        "call",
+        "org.slicewall.Firewall1",
+        "/org/slicewall/Firewall1",
+        "org.slicewall.Firewall1",
+        "ListPrompts",
+    ]);
+    let user_list = String::from_utf8_lossy(&user_list.stdout).into_owned();
+    if user_list.contains(&format!("[{id},")) {
+        return Err(format!("user {USER} sees root's prompt: {user_list}"));
+    }
+    let id_text = id.to_string();
+    let refused = c.exec(&[
+        "runuser",
+        "-u",
+        USER,
+        "--",
+        "busctl",
+        "call",
+        "org.slicewall.Firewall1",
+        "/org/slicewall/Firewall1",
+        "org.slicewall.Firewall1",
+        "AnswerPrompt",
+        "tsss",
+        &id_text,
+        "allow",
+        "once",
+        "destination",
+    ]);
+    let refusal = String::from_utf8_lossy(&refused.stderr).into_owned();
+    if refused.status.success()
+        || !refusal.contains("NotAuthorized") && !refusal.contains("not authorize")
+    {
+        return Err(format!("user {USER} answered root's prompt: {refusal}"));
+    }
+
+    // Root answers "allow forever": the connection completes and the rule is written.
+    busctl_ok(
+        c,
+        "AnswerPrompt",
+        &["tsss", &id_text, "allow", "forever", "destination"],
+    )?;
+    expect_allowed("connection answered allow forever", &probe_result(probe))?;
+    let answers = c.exec_ok(&["cat", ANSWERS_FILE])?;
+    if !answers.contains("answer by uid 0") || !answers.contains("action = \"allow\"") {
+        return Err(format!("{ANSWERS_FILE} lacks the answer:\n{answers}"));
+    }
+    // Repeating the connection never prompts again.
+    let started = Instant::now();
+    expect_allowed(
+        "repeated connection",
+        &probe_result(spawn_asking_probe(c, PORT)?),
+    )?;
+    if !open_prompt_ids(c)?.is_empty() || started.elapsed() > Duration::from_secs(5) {
+        return Err("the repeated connection prompted again".to_owned());
+    }
+
+    // "deny once" fails the connect at once.
+    let probe = spawn_asking_probe(c, CLOSED_PORT)?;
+    let id = wait_for_new_prompt(c, &[])?;
+    let started = Instant::now();
+    busctl_ok(
+        c,
+        "AnswerPrompt",
+        &["tsss", &id.to_string(), "deny", "once", "destination"],
+    )?;
+    expect_denied("connection answered deny once", &probe_result(probe))?;
+    let deny_time = started.elapsed();
+    println!(
+        "deny once: connect failed {:.0} ms after the answer",
+        deny_time.as_secs_f64() * 1000.0
+    );
+    if deny_time > Duration::from_secs(1) {
+        return Err(format!("deny once took {deny_time:?}"));
+    }
+
+    // Answer-to-established, median over 20 late answers ("once", so each one prompts).
+    let mut times = Vec::new();
+    let mut known = Vec::new();
+    for _ in 0..20 {
+        let probe = spawn_asking_probe(c, CLOSED_PORT + 1)?;
+        let id = wait_for_new_prompt(c, &known)?;
+        known.push(id);
+        // Late answers at random points of the retransmission cycle: the held SYN has backed
+        // off to the bounded maximum RTO.
+        std::thread::sleep(Duration::from_millis(1500 + fastrand::u64(0..3000)));
+        let started = Instant::now();
+        busctl_ok(
+            c,
+            "AnswerPrompt",
+            &["tsss", &id.to_string(), "allow", "once", "destination"],
+        )?;
+        let result = probe_result(probe);
+        times.push(started.elapsed());
+        // Nothing listens on the port, so the allowed SYN is refused at once.
+        if result != "error: ECONNREFUSED (errno 111)" {
+            return Err(format!("an allowed connection printed {result:?}"));
+        }
+    }
+    times.sort();
+    println!(
+        "answer to connect result over 20 late answers (1.5 to 4.5 s after the connect): median {:.0} ms, max {:.0} ms",
+        times[10].as_secs_f64() * 1000.0,
+        times[19].as_secs_f64() * 1000.0
+    );
+
+    // Every other method, as root (polkit lets root do all).
+    let rules = busctl_ok(c, "ListRules", &[])?;
+    if !rules.to_string().contains("70-slicewall-answers.toml") {
+        return Err(format!("ListRules lacks the answer rule: {rules}"));
+    }
+    let added = busctl_ok(
+        c,
+        "AddRule",
+        &[
+            "ss",
+            "[[rule]]\naction = \"deny\"\nunit = \"nothing.service\"\n",
+            "memory",
+        ],
+    )?;
+    let added_id = added["data"][0].as_str().unwrap_or_default().to_owned();
+    if added_id != "memory:1" {
+        return Err(format!("AddRule returned {added}"));
+    }
+    busctl_ok(c, "RemoveRule", &["s", &added_id])?;
+    let missing = busctl_call(c, "RemoveRule", &["s", "memory:1"]);
+    if !String::from_utf8_lossy(&missing.stderr).contains("NoSuchRule") && missing.status.success()
+    {
+        return Err("RemoveRule of a removed rule succeeded".to_owned());
+    }
+    busctl_ok(c, "Reload", &[])?;
+    busctl_ok(c, "SetMode", &["s", "silent-allow"])?;
+    let mode = c.exec_ok(&[
+        "busctl",
+        "get-property",
+        "org.slicewall.Firewall1",
+        "/org/slicewall/Firewall1",
+        "org.slicewall.Firewall1",
+        "Mode",
+    ])?;
+    if mode.trim() != "s \"silent-allow\"" {
+        return Err(format!("Mode is {mode}"));
+    }
+    busctl_ok(c, "SetMode", &["s", "alert"])?;
+    let invalid = busctl_call(c, "SetMode", &["s", "loud"]);
+    if !String::from_utf8_lossy(&invalid.stderr).contains("mode") || invalid.status.success() {
+        return Err("SetMode accepted an invalid mode".to_owned());
+    }
+    for property in ["PromptTimeoutSec", "OpenPrompts"] {
+        c.exec_ok(&[
+            "busctl",
+            "get-property",
+            "org.slicewall.Firewall1",
+            "/org/slicewall/Firewall1",
+            "org.slicewall.Firewall1",
+            property,
+        ])?;
+    }
+    busctl_ok(c, "UnregisterAgent", &[])?;
+    busctl_ok(c, "RegisterAgent", &[])?;
     Ok(())
 }

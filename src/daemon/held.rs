@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::options::Mode;
 use super::tables::{SubjectInfo, Verdict};
 use super::{Daemon, PendingDestroy, DESTROY_ATTEMPTS};
 use crate::kernel::abi::{self, Event};
@@ -39,6 +40,11 @@ impl Daemon {
             self.audit_event(event, verdict.verdict, verdict.reason, 0);
             return;
         };
+        let verdict = self.decide_flow(event, &info);
+        if verdict.reason == abi::REASON_ASK_FALLBACK && self.prompting() {
+            self.ask(event, &info, verdict.rule_id, is_held);
+            return;
+        }
         if !is_held {
             // A datagram the gate rejected while the identity was unknown; the next one is
             // decided in the gate.
@@ -54,7 +60,6 @@ impl Daemon {
             return;
         }
 
-        let verdict = self.decide_flow(event, &info);
         self.release_held(event, verdict);
         self.audit_identified(event, &info, verdict);
     }
@@ -70,7 +75,28 @@ impl Daemon {
             address: event.address(),
             port: event.port,
         };
-        self.tables.decide(&info.subject(), &flow)
+        let verdict = self.tables.decide(&info.subject(), &flow);
+        if verdict.reason != abi::REASON_ASK_FALLBACK {
+            return verdict;
+        }
+        match self.mode {
+            Mode::SilentAllow => Verdict {
+                verdict: abi::VERDICT_ALLOW,
+                reason: abi::REASON_SILENT_ALLOW,
+                ..verdict
+            },
+            Mode::SilentDeny => Verdict {
+                verdict: abi::VERDICT_DENY,
+                reason: abi::REASON_SILENT_DENY,
+                ..verdict
+            },
+            Mode::Alert => verdict,
+        }
+    }
+
+    /// Checks whether `ask` verdicts open prompts now: mode alert, with the daemon on the bus.
+    pub(super) fn prompting(&self) -> bool {
+        self.mode == Mode::Alert && self.bus_up
     }
 
     pub(super) fn release_held(&mut self, event: &Event, verdict: Verdict) {
@@ -133,7 +159,10 @@ impl Daemon {
         let min_age = u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX);
         let held: Vec<(u64, abi::Held)> = self.gate.held.iter().filter_map(Result::ok).collect();
         for (cookie, entry) in held {
-            if entry.state == abi::HELD_WAITING && now.saturating_sub(entry.since_ns) >= min_age {
+            if entry.state == abi::HELD_WAITING
+                && now.saturating_sub(entry.since_ns) >= min_age
+                && !self.prompts.waiting.contains_key(&cookie)
+            {
                 let mut event = entry.flow;
                 event.cookie = cookie;
                 self.decide_pending(&event);

@@ -1,10 +1,12 @@
 //! `slicewalld`: loads the gate, installs the rules, identifies the processes the gate reports,
 //! decides what the gate cannot, and audits every decision.
 
+mod answers;
 mod held;
 mod identify;
 mod nftables;
 pub mod options;
+mod prompts;
 mod records;
 mod tables;
 mod units;
@@ -20,15 +22,17 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::audit::{self, Audit, AuditOptions};
 use crate::cgroup::{self, CgroupIndex};
-use crate::control::{self, SharedStatus};
+use crate::control::{self, Command, Notice, SharedStatus};
 use crate::exe::{ExeCache, ExeIdentity};
 use crate::kernel::abi::{self, Event};
 use crate::kernel::gate::{self, Gate, GateOptions, MapSizes};
 use crate::rules;
 use crate::systemd::{self, Manager, Update};
 use crate::unit::UnitInfo;
+use answers::MemoryRule;
 use nftables::NftLayer;
-use options::{AskFallback, FailMode, Options};
+use options::{AskFallback, FailMode, Mode, Options};
+use prompts::{PromptSettings, Prompts};
 use tables::Tables;
 use units::UnitDirectory;
 
@@ -69,7 +73,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let mut daemon = Daemon::start(&options)?;
+    let (command_sender, mut commands) = tokio::sync::mpsc::unbounded_channel();
+    let (notice_sender, notices) = tokio::sync::mpsc::unbounded_channel();
+    let mut daemon = Daemon::start(&options, notice_sender)?;
     let ring = daemon
         .gate
         .events
@@ -103,7 +109,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     daemon.publish_status();
-    control::serve(daemon.status.clone());
+    if options.no_bus {
+        drop(command_sender);
+        drop(notices);
+    } else {
+        control::serve(daemon.status.clone(), command_sender, notices);
+    }
 
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
@@ -123,6 +134,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 daemon.handle_events(&batch);
                 daemon.retry_destroys();
                 ticks = ticks.wrapping_add(1);
+                if ticks % 10 == 0 {
+                    daemon.check_prompts();
+                }
                 if ticks % 100 == 0 {
                     daemon.every_second();
                 }
@@ -143,6 +157,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     daemon.unit_update(update);
                 }
                 daemon.publish_status();
+            }
+            Some(command) = commands.recv() => {
+                daemon.handle_command(command);
             }
             _ = hangup.recv() => {
                 daemon.reload();
@@ -218,10 +235,23 @@ struct Daemon {
     nft: Option<NftLayer>,
     /// The last start or reload message, sent to systemd as the unit's status text.
     status_text: String,
+    /// The rules of the rule files; the in-memory rules are installed with them.
+    file_rules: Vec<rules::Rule>,
+    memory_rules: Vec<MemoryRule>,
+    memory_rule_counter: u64,
+    mode: Mode,
+    /// Whether the D-Bus interface is on the bus, which prompts need.
+    bus_up: bool,
+    prompts: Prompts,
+    prompt_settings: PromptSettings,
+    notices: tokio::sync::mpsc::UnboundedSender<Notice>,
 }
 
 impl Daemon {
-    fn start(options: &Options) -> anyhow::Result<Daemon> {
+    fn start(
+        options: &Options,
+        notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    ) -> anyhow::Result<Daemon> {
         let cgroup_mount =
             cgroup::find_cgroup2_mount().context("failed to find the cgroup v2 mount")?;
         let guarded = match &options.cgroup {
@@ -276,17 +306,21 @@ impl Daemon {
         let pid_namespace =
             gate::pid_namespace().context("failed to read the PID namespace of the daemon")?;
         gate.forget_identities();
-        gate.write_config(gate::initial_config(
+        let prompt_timeout = Duration::from_secs(u64::from(options.prompt_timeout));
+        let mut config = gate::initial_config(
             previous,
             fail_verdict,
             guard_level,
             guard_cgroup_id,
             pid_namespace,
-        ))?;
+        );
+        config.hold_syn_retries = gate::hold_syn_retries(prompt_timeout);
+        config.ask_mode = ask_mode(options.mode, false);
+        gate.write_config(config)?;
 
         let mut tables = Tables::new(previous.next_id, ask_verdict);
         tables
-            .install(&mut gate, rule_set.rules)
+            .install(&mut gate, rule_set.rules.clone())
             .context("failed to install the rules in the gate")?;
 
         let mut daemon = Daemon {
@@ -314,6 +348,19 @@ impl Daemon {
             ask_fallback: options.ask_fallback,
             nft: None,
             status_text: String::new(),
+            file_rules: rule_set.rules.clone(),
+            memory_rules: Vec::new(),
+            memory_rule_counter: 0,
+            mode: options.mode,
+            bus_up: false,
+            prompts: Prompts::default(),
+            prompt_settings: PromptSettings {
+                timeout: prompt_timeout,
+                timeout_verdict: verdict_of(options.timeout_answer),
+                no_agent_verdict: verdict_of(options.no_agent_answer),
+                max_per_user: options.max_prompts_per_user,
+            },
+            notices,
         };
         daemon.decide_held_flows(Duration::ZERO);
         release_free_memory();
@@ -362,17 +409,13 @@ impl Daemon {
         match rules::load_strict(&self.root) {
             Ok(rule_set) => {
                 let count = rule_set.rules.len();
-                if let Err(error) = self.tables.install(&mut self.gate, rule_set.rules) {
-                    tracing::error!("failed to install reloaded rules: {error:#}");
+                self.file_rules = rule_set.rules;
+                if !self.install_rules() {
                     return;
                 }
                 self.degraded.clear();
                 self.rejected_reload = None;
                 self.rule_files = rule_set.files;
-                self.unit_directory.resummarize(self.tables.rules());
-                if let Some(nft) = &mut self.nft {
-                    nft.mark_dirty();
-                }
                 release_free_memory();
                 let message = format!(
                     "reloaded {count} rules from {} files",
@@ -398,6 +441,98 @@ impl Daemon {
                     None => message.clone(),
                 });
                 self.status_text = message;
+            }
+        }
+    }
+
+    /// Installs the rules of the files and the in-memory rules in the gate. Returns false when
+    /// the gate rejected them.
+    fn install_rules(&mut self) -> bool {
+        let mut all = self.file_rules.clone();
+        all.extend(self.memory_rules.iter().map(|rule| rule.rule.clone()));
+        if let Err(error) = self.tables.install(&mut self.gate, all) {
+            tracing::error!("failed to install the rules: {error:#}");
+            return false;
+        }
+        self.unit_directory.resummarize(self.tables.rules());
+        if let Some(nft) = &mut self.nft {
+            nft.mark_dirty();
+        }
+        self.publish_status();
+        true
+    }
+
+    /// Tells the gate what `ask` candidates do now, and voids the verdicts sockets cached.
+    fn apply_ask_mode(&mut self) {
+        let mode = ask_mode(self.mode, self.bus_up);
+        match self.gate.read_config() {
+            Ok(mut config) if config.ask_mode != mode => {
+                config.ask_mode = mode;
+                config.generation = config.generation.wrapping_add(1).max(1);
+                if let Err(error) = self.gate.write_config(config) {
+                    tracing::error!("failed to set what ask rules do in the gate: {error}");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!("failed to read the gate's configuration: {error}"),
+        }
+    }
+
+    /// Carries out a request from the D-Bus interface.
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Bus(up) => {
+                self.bus_up = up;
+                self.apply_ask_mode();
+                if !up {
+                    self.prompts.agents.clear();
+                }
+            }
+            Command::Answer {
+                id,
+                allow,
+                lifetime,
+                scope,
+                caller_uid,
+                caller_name,
+                reply,
+            } => {
+                let result =
+                    self.answer_prompt(id, allow, lifetime, scope, caller_uid, &caller_name);
+                let _ = reply.send(result);
+            }
+            Command::RegisterAgent { uid, name } => self.register_agent(uid, name),
+            Command::UnregisterAgent { uid, name } => self.unregister_agent(uid, &name),
+            Command::NameVanished(name) => self.forget_agent_name(&name),
+            Command::AddRule {
+                toml,
+                lifetime,
+                caller_uid,
+                reply,
+            } => {
+                let _ = reply.send(self.add_rule(&toml, lifetime, caller_uid));
+            }
+            Command::RemoveRule { id, reply } => {
+                let _ = reply.send(self.remove_rule(&id));
+            }
+            Command::Reload { reply } => {
+                self.reload();
+                self.notify(Notice::RulesChanged);
+                let _ = reply.send(Ok(()));
+            }
+            Command::SetMode { mode, reply } => {
+                let Some(mode) = Mode::parse(&mode) else {
+                    let _ = reply.send(Err(control::ControlError::InvalidArgument(format!(
+                        "invalid mode {mode:?}: expected \"alert\", \"silent-allow\" or \"silent-deny\""
+                    ))));
+                    return;
+                };
+                self.mode = mode;
+                self.apply_ask_mode();
+                tracing::info!(mode = mode.as_str(), "set the mode");
+                self.publish_status();
+                self.notify(Notice::PropertiesChanged);
+                let _ = reply.send(Ok(()));
             }
         }
     }
@@ -522,6 +657,16 @@ impl Daemon {
             .collect();
         status.following_systemd = matches!(self.following, Following::Up);
         status.units = rows;
+        status.mode = self.mode.as_str().to_owned();
+        status.prompt_timeout_sec =
+            u32::try_from(self.prompt_settings.timeout.as_secs()).unwrap_or(u32::MAX);
+        status.prompts = self.prompts.rows();
+        drop(status);
+        let rules = self.rule_rows();
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .rules = rules;
     }
 
     /// Syncs table inet slicewall with the units if they changed. Returns true when it synced.
@@ -545,6 +690,7 @@ impl Daemon {
     fn every_second(&mut self) {
         self.audit.flush();
         self.decide_held_flows(HELD_EVENT_GRACE);
+        self.expire_memory_rules();
         let lost = self.gate.stat(abi::STAT_EVENTS_LOST);
         if lost > self.events_lost {
             let message = format!(
@@ -579,6 +725,24 @@ impl Daemon {
             abi::EVENT_PENDING => self.decide_pending(event),
             other => tracing::debug!(kind = other, "ignoring an unknown gate event"),
         }
+    }
+}
+
+/// Returns what the gate does with `ask` candidates in `mode`, given whether the daemon is on
+/// the bus: prompts need the bus, and `--ask-fallback` applies without it.
+fn ask_mode(mode: Mode, bus_up: bool) -> u32 {
+    match mode {
+        Mode::Alert if bus_up => abi::ASK_PROMPT,
+        Mode::Alert => abi::ASK_FALLBACK,
+        Mode::SilentAllow => abi::ASK_SILENT_ALLOW,
+        Mode::SilentDeny => abi::ASK_SILENT_DENY,
+    }
+}
+
+fn verdict_of(answer: AskFallback) -> u8 {
+    match answer {
+        AskFallback::Allow => abi::VERDICT_ALLOW,
+        AskFallback::Deny => abi::VERDICT_DENY,
     }
 }
 

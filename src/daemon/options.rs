@@ -38,6 +38,36 @@ impl AskFallback {
     }
 }
 
+/// What `ask` rules do while the daemon runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Ask the user's agent over D-Bus; `--ask-fallback` applies while the daemon has no bus.
+    Alert,
+    /// Allow without asking, audited with reason silent-allow.
+    SilentAllow,
+    /// Deny without asking, audited with reason silent-deny.
+    SilentDeny,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Alert => "alert",
+            Mode::SilentAllow => "silent-allow",
+            Mode::SilentDeny => "silent-deny",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Mode> {
+        match text {
+            "alert" => Some(Mode::Alert),
+            "silent-allow" => Some(Mode::SilentAllow),
+            "silent-deny" => Some(Mode::SilentDeny),
+            _ => None,
+        }
+    }
+}
+
 /// Whether the daemon keeps the nftables table `inet slicewall`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Nftables {
@@ -85,6 +115,35 @@ pub struct Options {
     /// ask about everything in user.slice, from cutting off users' sessions.
     #[arg(long, value_enum, default_value_t = AskFallback::Allow)]
     pub ask_fallback: AskFallback,
+
+    /// What `ask` rules do: prompt the user (alert), or allow or deny without asking.
+    #[arg(long, value_enum, default_value_t = Mode::Alert)]
+    pub mode: Mode,
+
+    /// Seconds a prompt stays open before --timeout-answer applies. At most 120, because a held
+    /// connect retransmits its SYN at most 127 times.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=120))]
+    pub prompt_timeout: u32,
+
+    /// Answer applied when a prompt times out.
+    #[arg(long, value_enum, default_value_t = AskFallback::Deny)]
+    pub timeout_answer: AskFallback,
+
+    /// Answer applied at once when the user who made the flow has no agent registered. Allow
+    /// keeps the vendor defaults, which ask about everything in user.slice, from cutting off
+    /// sessions without an agent, such as SSH logins.
+    #[arg(long, value_enum, default_value_t = AskFallback::Allow)]
+    pub no_agent_answer: AskFallback,
+
+    /// Open prompts per user; beyond it --timeout-answer applies at once (reason prompt-limit).
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_prompts_per_user: u32,
+
+    /// Do not serve the D-Bus interface, so `ask` rules never prompt (for tests).
+    #[arg(long, hide = true)]
+    pub no_bus: bool,
 
     /// Keep table `inet slicewall` in nftables, which cuts the established connections of units
     /// denied as a whole and counts each unit's traffic. `auto` keeps it when systemd is the init

@@ -84,6 +84,12 @@ impl Daemon {
                 abi::REASON_FAIL_MODE => audit::Reason::FailMode,
                 abi::REASON_PENDING => audit::Reason::Pending,
                 abi::REASON_LIMIT => audit::Reason::Limit,
+                abi::REASON_SILENT_ALLOW => audit::Reason::SilentAllow,
+                abi::REASON_SILENT_DENY => audit::Reason::SilentDeny,
+                abi::REASON_PROMPT_ANSWER => audit::Reason::PromptAnswer,
+                abi::REASON_TIMEOUT => audit::Reason::Timeout,
+                abi::REASON_NO_AGENT => audit::Reason::NoAgent,
+                abi::REASON_PROMPT_LIMIT => audit::Reason::PromptLimit,
                 _ => audit::Reason::NoRule,
             },
             rule: self.tables.origin(verdict.rule_id).map(str::to_owned),
@@ -102,6 +108,7 @@ impl Daemon {
             },
             address: event.address(),
             port: event.port,
+            answered_by: None,
         }
     }
 }

@@ -365,6 +365,12 @@ impl Tables {
         }
     }
 
+    /// Finds a rule of the current set by its identifier in the gate.
+    pub fn rule(&self, rule_id: u32) -> Option<&Rule> {
+        let index = self.current.ids.iter().position(|&id| id == rule_id)?;
+        self.current.rules.get(index)
+    }
+
     /// Looks up the "file:line" of a rule, for audit records.
     pub fn origin(&self, rule_id: u32) -> Option<&str> {
         self.origins

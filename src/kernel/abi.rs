@@ -10,6 +10,18 @@ pub const REASON_ASK_FALLBACK: u8 = 3;
 pub const REASON_FAIL_MODE: u8 = 4;
 pub const REASON_PENDING: u8 = 5;
 pub const REASON_LIMIT: u8 = 6;
+pub const REASON_SILENT_ALLOW: u8 = 7;
+pub const REASON_SILENT_DENY: u8 = 8;
+/// Reasons only the daemon gives, for flows that waited on a prompt.
+pub const REASON_PROMPT_ANSWER: u8 = 9;
+pub const REASON_TIMEOUT: u8 = 10;
+pub const REASON_NO_AGENT: u8 = 11;
+pub const REASON_PROMPT_LIMIT: u8 = 12;
+
+pub const ASK_FALLBACK: u32 = 0;
+pub const ASK_PROMPT: u32 = 1;
+pub const ASK_SILENT_ALLOW: u32 = 2;
+pub const ASK_SILENT_DENY: u32 = 3;
 
 pub const EVENT_EXEC: u32 = 1;
 pub const EVENT_DECISION: u32 = 2;
@@ -27,6 +39,7 @@ pub const LIST_OVERFLOW: u32 = u32::MAX;
 pub const STAT_EVENTS_LOST: u32 = 0;
 pub const STAT_DECISIONS: u32 = 1;
 pub const STAT_PENDING: u32 = 2;
+pub const STAT_RTO_BOUND_FAILED: u32 = 3;
 
 pub const POLICY_NONE: u32 = 0;
 
@@ -44,11 +57,16 @@ pub struct Config {
     pub guard_level: u32,
     pub guard_cgroup_id: u64,
     pub generation: u32,
-    pub padding: u32,
+    /// What an `ask` candidate does: one of the `ASK_*` values.
+    pub ask_mode: u32,
     /// The daemon's PID namespace: device number (in the kernel's encoding) and inode number of
     /// its nsfs file. `pidns_ino` 0 means the initial PID namespace.
     pub pidns_dev: u64,
     pub pidns_ino: u64,
+    /// TCP_SYNCNT of a held socket, 0 to leave it.
+    pub hold_syn_retries: u32,
+    /// TCP_RTO_MAX_MS of a held socket, 0 to leave it.
+    pub hold_rto_max_ms: u32,
 }
 
 #[repr(C)]
@@ -170,7 +188,7 @@ unsafe impl aya::Pod for List {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Held {}
 
-const _: () = assert!(std::mem::size_of::<Config>() == 56);
+const _: () = assert!(std::mem::size_of::<Config>() == 64);
 const _: () = assert!(std::mem::size_of::<SubjectKey>() == 16);
 const _: () = assert!(std::mem::size_of::<aya::maps::lpm_trie::Key<PrefixData>>() == 28);
 const _: () = assert!(std::mem::size_of::<Candidate>() == 24);

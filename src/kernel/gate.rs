@@ -580,6 +580,19 @@ fn parse_config_hz(config: &str) -> Option<u32> {
 /// Held sockets retransmit their SYN after this long, then back off exponentially.
 pub const HOLD_RETRANSMIT_MS: u32 = 20;
 
+/// Maximum retransmission timeout of a held socket: the lowest value TCP_RTO_MAX_MS accepts
+/// (Linux 6.15 and later). A SYN that waits for an answer is retransmitted at least this often,
+/// so an allowed connection completes at most this long after the answer.
+pub const HOLD_RTO_MAX_MS: u32 = 1000;
+
+/// SYN retransmissions that a held socket needs to outlast a hold of `hold`: the backoff from
+/// [`HOLD_RETRANSMIT_MS`] reaches [`HOLD_RTO_MAX_MS`] after six retransmissions (1.26 s), then
+/// one follows each second. Two more cover scheduling delays. The kernel allows at most 127.
+pub fn hold_syn_retries(hold: std::time::Duration) -> u32 {
+    let seconds = u32::try_from(hold.as_secs()).unwrap_or(u32::MAX);
+    seconds.saturating_add(6 + 2).min(127)
+}
+
 pub fn hold_rto_jiffies() -> u32 {
     (kernel_hz() * HOLD_RETRANSMIT_MS / 1000).max(1)
 }
@@ -623,9 +636,11 @@ pub fn initial_config(
         guard_level,
         guard_cgroup_id,
         generation: previous.generation,
-        padding: 0,
+        ask_mode: abi::ASK_FALLBACK,
         pidns_dev: pid_namespace.0,
         pidns_ino: pid_namespace.1,
+        hold_syn_retries: 0,
+        hold_rto_max_ms: HOLD_RTO_MAX_MS,
     }
 }
 

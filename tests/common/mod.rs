@@ -308,6 +308,8 @@ pub struct Daemon {
     pub pin_dir: PathBuf,
     pub root: PathBuf,
     pub cgroup: PathBuf,
+    /// Environment variables the daemon gets on top of the test's.
+    pub env: Vec<(String, String)>,
     _logs: tempfile::TempDir,
 }
 
@@ -330,6 +332,7 @@ impl Daemon {
             pin_dir: bpffs.pin_dir(),
             root: root.to_owned(),
             cgroup: cgroup.path.clone(),
+            env: Vec::new(),
             _logs: logs,
         };
         daemon.launch(extra);
@@ -364,6 +367,7 @@ impl Daemon {
             .args(extra)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("SLICEWALL_LOG", "info")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -755,6 +759,25 @@ impl Lab {
             "a rule file of the test was rejected:\n{log}"
         );
         daemon
+    }
+
+    /// Starts the daemon with extra environment variables, such as the address of a system bus.
+    pub fn start_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> &mut Daemon {
+        let logs = tempfile::tempdir().unwrap();
+        let mut daemon = Daemon {
+            child: None,
+            stderr_path: logs.path().join("slicewalld.log"),
+            pin_dir: self.bpffs.pin_dir(),
+            root: self.root.path().to_owned(),
+            cgroup: self.cgroup.path.clone(),
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            _logs: logs,
+        };
+        daemon.launch(extra);
+        self.daemon.insert(daemon)
     }
 
     /// Starts the daemon, which may skip bad rule files.

@@ -309,6 +309,17 @@ impl Container {
         command
     }
 
+    /// Starts a command in the container without waiting for it, with its standard input and
+    /// output piped. The returned child is the `nsenter` process.
+    pub fn spawn(&self, args: &[&str]) -> Result<std::process::Child, String> {
+        self.nsenter(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| format!("failed to start {args:?}: {error}"))
+    }
+
     /// Runs a command in every namespace of the container and returns its output. A command
     /// that cannot be started gives an output with exit status 127 and the error on stderr.
     pub fn exec(&self, args: &[&str]) -> Output {

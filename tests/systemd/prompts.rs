@@ -45,6 +45,9 @@ pub fn check_daemon(lab: &Lab) -> Result<(), String> {
     }
 }
 
+/// polkit rule of the prompt cases, see [`set_up`].
+const POLKIT_RULE: &str = "/etc/polkit-1/rules.d/50-slicewall-harness.rules";
+
 /// Installs the agent, the double and the `ask` rule, starts a session bus for the test user,
 /// and starts the double and the agent on it as that user.
 pub fn set_up(lab: &Lab) -> Result<(), String> {
@@ -65,6 +68,13 @@ pub fn set_up(lab: &Lab) -> Result<(), String> {
         super::PORT
     );
     c.write_file(ASK_RULES_FILE, rules.as_bytes(), 0o644)?;
+    // polkit lets a user answer prompts about their own processes without a password only in an
+    // active session, and a container has no seat, so no session of it is ever active. This
+    // local rule gives the test user what an active session would, and nothing more.
+    let polkit_rule = format!(
+        "// Written by tests/systemd.rs.\npolkit.addRule(function(action, subject) {{\n    if (action.id == \"org.slicewall.Firewall1.answer-own\" && subject.user == \"{USER}\") {{\n        return polkit.Result.YES;\n    }}\n}});\n"
+    );
+    c.write_file(POLKIT_RULE, polkit_rule.as_bytes(), 0o644)?;
     lab.reload_rules()?;
     c.exec_ok(&["install", "-d", "-o", USER, DOUBLE_DIR])?;
     c.exec_ok(&["runuser", "-u", USER, "--", "touch", RECORD, COMMANDS])?;
@@ -170,7 +180,8 @@ fn allow_always_writes_rule(lab: &Lab) -> Result<(), String> {
     let before = records(lab)?.len();
     press_next(lab, "allow-always")?;
     let (line, _) = probe(lab);
-    expect_allowed("the probe after Allow always", &line)?;
+    expect_allowed("the probe after Allow always", &line)
+        .map_err(|error| format!("{error}\n{}", agent_journal(lab)))?;
 
     let records = records(lab)?;
     let record = records
@@ -214,6 +225,12 @@ fn allow_always_writes_rule(lab: &Lab) -> Result<(), String> {
             "SLICEWALL_ANSWERED_BY is {:?}, expected {}",
             field(record, "SLICEWALL_ANSWERED_BY"),
             lab.uid
+        ));
+    }
+    let bus_name = field(record, "SLICEWALL_ANSWERED_BUS_NAME").unwrap_or("");
+    if !bus_name.starts_with(':') {
+        return Err(format!(
+            "SLICEWALL_ANSWERED_BUS_NAME is {bus_name:?}, expected a unique bus name"
         ));
     }
     // Later cases need prompts again.
@@ -313,4 +330,18 @@ fn notification_latency(lab: &Lab) -> Result<(), String> {
         samples.len()
     );
     Ok(())
+}
+
+/// The last lines the agent and the daemon logged, for failure messages.
+fn agent_journal(lab: &Lab) -> String {
+    let journal = lab.container().exec(&[
+        "journalctl",
+        "--no-pager",
+        "--lines=20",
+        "-u",
+        AGENT_UNIT,
+        "-u",
+        "slicewalld.service",
+    ]);
+    String::from_utf8_lossy(&journal.stdout).into_owned()
 }

@@ -1,0 +1,530 @@
+//! Answers that become rules, and rules added over D-Bus: written to the answers file under
+//! `/etc` or `/run`, or kept in memory until a process exits or a user logs out.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::prompts::{protocol_name, Closing, Prompt};
+use super::Daemon;
+use crate::control::{AddedLifetime, ControlError, Lifetime, Notice, RuleRow, Scope};
+use crate::kernel::abi;
+use crate::rules::{self, Rule};
+
+/// Name of the file that answers and added rules are appended to, in `etc/slicewall/rules.d`
+/// (lifetime forever) and `run/slicewall/rules.d` (until reboot) under `--root`.
+pub const ANSWERS_FILE: &str = "70-slicewall-answers.toml";
+
+/// When an in-memory rule ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Only when it is removed, or the daemon stops.
+    Never,
+    /// When the process ends: its pid and its start time in clock ticks since boot, which tells
+    /// it apart from a later process with the same pid.
+    Process { pid: u32, start_time: u64 },
+    /// When the user's service manager, `user@UID.service`, stops.
+    Logout { uid: u32 },
+}
+
+/// A rule kept in memory.
+pub struct MemoryRule {
+    pub number: u64,
+    pub lifetime: &'static str,
+    pub origin: String,
+    pub toml: String,
+    pub rule: Rule,
+    pub expiry: Expiry,
+}
+
+/// Builds the `[[rule]]` table of an answer to `prompt`. It names the program by `exe` and
+/// `sha256` (`sha256` alone when the path could not be verified), the user, and the
+/// destination by `scope`, and outranks the `ask` rule that raised the prompt.
+pub fn answer_rule(prompt: &Prompt, allow: bool, scope: Scope) -> String {
+    let mut text = String::from("[[rule]]\n");
+    let _ = writeln!(
+        text,
+        "action = {}",
+        quote(if allow { "allow" } else { "deny" })
+    );
+    if prompt.info.exe.path_verified {
+        let _ = writeln!(
+            text,
+            "exe = {}",
+            quote(&prompt.info.exe.path.to_string_lossy())
+        );
+    }
+    let _ = writeln!(text, "sha256 = {}", quote(&prompt.key.sha256));
+    let _ = writeln!(text, "user = {}", prompt.key.uid);
+    match scope {
+        Scope::Destination => {
+            let _ = writeln!(text, "address = {}", quote(&prompt.key.address.to_string()));
+            let _ = writeln!(text, "port = {}", prompt.key.port);
+            let _ = writeln!(
+                text,
+                "protocol = {}",
+                quote(protocol_name(prompt.key.protocol))
+            );
+        }
+        // TODO: the daemon does not learn host names yet, so "domain" covers the address.
+        Scope::Domain => {
+            let _ = writeln!(text, "address = {}", quote(&prompt.key.address.to_string()));
+        }
+        Scope::Any => {}
+    }
+    let priority = prompt.ask_priority.saturating_add(1).min(1000);
+    let _ = writeln!(text, "priority = {priority}");
+    text
+}
+
+/// Writes a rule back as a `[[rule]]` table.
+pub fn rule_toml(rule: &Rule) -> String {
+    let mut text = String::from("[[rule]]\n");
+    let _ = writeln!(text, "action = {}", quote(rule.action.as_str()));
+    let selectors = &rule.selectors;
+    if let Some(unit) = &selectors.unit {
+        let _ = writeln!(text, "unit = {}", quote(unit.as_str()));
+    }
+    if let Some(app) = &selectors.app {
+        let _ = writeln!(text, "app = {}", quote(app.as_str()));
+    }
+    if let Some(exe) = &selectors.exe {
+        let _ = writeln!(text, "exe = {}", quote(&exe.to_string_lossy()));
+    }
+    if let Some(sha256) = &selectors.sha256 {
+        let _ = writeln!(text, "sha256 = {}", quote(&sha256.to_string()));
+    }
+    if let Some(user) = selectors.user {
+        let _ = writeln!(text, "user = {user}");
+    }
+    let destination = &rule.destination;
+    if !destination.addresses.is_empty() {
+        let list: Vec<String> = destination
+            .addresses
+            .iter()
+            .map(|network| quote(&network.to_string()))
+            .collect();
+        let _ = writeln!(text, "address = [{}]", list.join(", "));
+    }
+    if !destination.ports.is_empty() {
+        let list: Vec<String> = destination
+            .ports
+            .iter()
+            .map(|range| quote(&range.to_string()))
+            .collect();
+        let _ = writeln!(text, "port = [{}]", list.join(", "));
+    }
+    if destination.protocol != rules::Protocol::Any {
+        let _ = writeln!(text, "protocol = {}", quote(destination.protocol.as_str()));
+    }
+    if rule.priority != 0 {
+        let _ = writeln!(text, "priority = {}", rule.priority);
+    }
+    text
+}
+
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+/// Appends `addition` to the file at `path`, keeping what the file contains byte for byte:
+/// writes a temporary file in the same directory, syncs it, renames it over the file, and syncs
+/// the directory.
+pub fn append_atomically(path: &Path, addition: &str) -> std::io::Result<()> {
+    let directory = path.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(directory)?;
+    let mut contents = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => return Err(error),
+    };
+    if !contents.is_empty() && !contents.ends_with(b"\n") {
+        contents.push(b'\n');
+    }
+    if !contents.is_empty() {
+        contents.push(b'\n');
+    }
+    contents.extend_from_slice(addition.as_bytes());
+    replace_atomically(path, &contents)
+}
+
+/// Replaces the file at `path` with `contents` through a synced temporary file and a rename.
+pub fn replace_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let directory = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A leading '.' keeps the temporary file out of the rule files that are read.
+    let temporary = directory.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = fs::File::create(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)?;
+        fs::File::open(directory)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    result
+}
+
+/// Reads the start time of a process (field 22 of /proc/PID/stat), in clock ticks since boot.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may contain spaces, so fields are counted after it.
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn now_text() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl Daemon {
+    fn answers_path(&self, lifetime_forever: bool) -> PathBuf {
+        let directory = if lifetime_forever {
+            "etc/slicewall/rules.d"
+        } else {
+            "run/slicewall/rules.d"
+        };
+        self.root.join(directory).join(ANSWERS_FILE)
+    }
+
+    /// Carries out `AnswerPrompt`: records the rule the lifetime asks for, then decides every
+    /// connection waiting on the prompt.
+    pub(super) fn answer_prompt(
+        &mut self,
+        id: u64,
+        allow: bool,
+        lifetime: Lifetime,
+        scope: Scope,
+        caller_uid: u32,
+        caller_name: &str,
+    ) -> Result<(), ControlError> {
+        let Some(prompt) = self.prompts.open.get(&id) else {
+            return Err(ControlError::NoSuchPrompt(format!(
+                "no open prompt has id {id}"
+            )));
+        };
+        let when = now_text();
+        let action = if allow { "allow" } else { "deny" };
+        let table = answer_rule(prompt, allow, scope);
+        let comment = format!(
+            "# {action} {lifetime}: answer by uid {caller_uid} ({caller_name}) at {when} to a prompt for\n# {} {}:{} from {} (uid {}, cgroup {})\n",
+            protocol_name(prompt.key.protocol),
+            prompt.key.address,
+            prompt.key.port,
+            prompt.info.exe.path.display(),
+            prompt.key.uid,
+            prompt.info.unit.cgroup_path.replace('\n', " "),
+            lifetime = lifetime.as_str(),
+        );
+        let origin = format!("answer by UID {caller_uid} at {when}");
+        let expiry = match lifetime {
+            Lifetime::UntilAppQuits => {
+                let pid = prompt.first.tgid;
+                Some(Expiry::Process {
+                    pid,
+                    start_time: process_start_time(pid).unwrap_or(0),
+                })
+            }
+            Lifetime::UntilLogout => Some(Expiry::Logout {
+                uid: prompt.key.uid,
+            }),
+            _ => None,
+        };
+        match lifetime {
+            Lifetime::Once => {}
+            Lifetime::Forever | Lifetime::UntilReboot => {
+                let path = self.answers_path(lifetime == Lifetime::Forever);
+                append_atomically(&path, &format!("{comment}{table}")).map_err(|error| {
+                    ControlError::Failed(format!("failed to write {}: {error}", path.display()))
+                })?;
+                self.reload();
+                self.notify(Notice::RulesChanged);
+            }
+            Lifetime::UntilAppQuits | Lifetime::UntilLogout => {
+                self.add_memory_rule(
+                    &table,
+                    lifetime.as_str(),
+                    origin,
+                    expiry.unwrap_or(Expiry::Never),
+                )?;
+            }
+        }
+        self.close_prompt(
+            id,
+            &Closing {
+                outcome: if allow { "allow" } else { "deny" },
+                verdict: if allow {
+                    abi::VERDICT_ALLOW
+                } else {
+                    abi::VERDICT_DENY
+                },
+                reason: abi::REASON_PROMPT_ANSWER,
+                answered_by: Some(crate::audit::Answerer {
+                    uid: caller_uid,
+                    bus_name: caller_name.to_string(),
+                }),
+            },
+        );
+        Ok(())
+    }
+
+    fn add_memory_rule(
+        &mut self,
+        table: &str,
+        lifetime: &'static str,
+        origin: String,
+        expiry: Expiry,
+    ) -> Result<String, ControlError> {
+        self.memory_rule_counter += 1;
+        let number = self.memory_rule_counter;
+        let mut parsed =
+            rules::parse::parse_file(Path::new("memory"), table).map_err(|errors| {
+                ControlError::InvalidArgument(format!(
+                    "invalid rule in argument toml: {}",
+                    join_errors(&errors)
+                ))
+            })?;
+        if parsed.len() != 1 {
+            return Err(ControlError::InvalidArgument(format!(
+                "invalid argument toml: expected one [[rule]] table, found {}",
+                parsed.len()
+            )));
+        }
+        let mut rule = parsed.remove(0);
+        rule.origin.line = u32::try_from(number).unwrap_or(u32::MAX);
+        rule.origin.column = 1;
+        self.memory_rules.push(MemoryRule {
+            number,
+            lifetime,
+            origin,
+            toml: table.to_owned(),
+            rule,
+            expiry,
+        });
+        self.install_rules();
+        self.notify(Notice::RulesChanged);
+        Ok(format!("memory:{number}"))
+    }
+
+    /// Carries out `AddRule`.
+    pub(super) fn add_rule(
+        &mut self,
+        toml_text: &str,
+        lifetime: AddedLifetime,
+        caller_uid: u32,
+    ) -> Result<String, ControlError> {
+        let parsed = rules::parse::parse_file(Path::new("toml"), toml_text).map_err(|errors| {
+            ControlError::InvalidArgument(format!(
+                "invalid rule in argument toml: {}",
+                join_errors(&errors)
+            ))
+        })?;
+        if parsed.len() != 1 {
+            return Err(ControlError::InvalidArgument(format!(
+                "invalid argument toml: expected one [[rule]] table, found {}",
+                parsed.len()
+            )));
+        }
+        let when = now_text();
+        match lifetime {
+            AddedLifetime::Memory => self.add_memory_rule(
+                toml_text,
+                "memory",
+                format!("added by UID {caller_uid} at {when}"),
+                Expiry::Never,
+            ),
+            AddedLifetime::Forever | AddedLifetime::UntilReboot => {
+                let path = self.answers_path(lifetime == AddedLifetime::Forever);
+                let existing = fs::read_to_string(&path).unwrap_or_default();
+                let comment = format!("# added by uid {caller_uid} at {when}\n");
+                let mut addition = format!("{comment}{}", toml_text.trim_end());
+                addition.push('\n');
+                append_atomically(&path, &addition).map_err(|error| {
+                    ControlError::Failed(format!("failed to write {}: {error}", path.display()))
+                })?;
+                // The header line of the added table: the existing lines, the blank separator
+                // line, the comment, then the table's own lines up to its header.
+                let before = existing.lines().count() + usize::from(!existing.is_empty());
+                let header_offset = toml_text
+                    .lines()
+                    .position(|line| line.trim_start().starts_with("[[rule]]"))
+                    .unwrap_or(0);
+                let line = before + 1 + header_offset + 1;
+                self.reload();
+                self.notify(Notice::RulesChanged);
+                Ok(format!("{}:{line}", path.display()))
+            }
+        }
+    }
+
+    /// Carries out `RemoveRule`.
+    pub(super) fn remove_rule(&mut self, id: &str) -> Result<(), ControlError> {
+        if let Some(number) = id.strip_prefix("memory:") {
+            let before = self.memory_rules.len();
+            self.memory_rules
+                .retain(|rule| number.parse::<u64>().ok() != Some(rule.number));
+            if self.memory_rules.len() == before {
+                return Err(ControlError::NoSuchRule(format!("no rule has id {id}")));
+            }
+            self.install_rules();
+            self.notify(Notice::RulesChanged);
+            return Ok(());
+        }
+        let Some((file, line)) = id.rsplit_once(':') else {
+            return Err(ControlError::InvalidArgument(format!(
+                "invalid id {id:?}: expected \"FILE:LINE\" or \"memory:N\""
+            )));
+        };
+        let Ok(line) = line.parse::<usize>() else {
+            return Err(ControlError::InvalidArgument(format!(
+                "invalid id {id:?}: expected \"FILE:LINE\" or \"memory:N\""
+            )));
+        };
+        let path = PathBuf::from(file);
+        if !self
+            .tables
+            .rules()
+            .iter()
+            .any(|rule| rule.origin.file == path && rule.origin.line as usize == line)
+        {
+            return Err(ControlError::NoSuchRule(format!("no rule has id {id}")));
+        }
+        if path != self.answers_path(true) && path != self.answers_path(false) {
+            return Err(ControlError::InvalidArgument(format!(
+                "invalid id {id:?}: only rules of {ANSWERS_FILE} and in-memory rules can be removed, edit {file} instead"
+            )));
+        }
+        let text = fs::read_to_string(&path)
+            .map_err(|error| ControlError::Failed(format!("failed to read {file}: {error}")))?;
+        let kept = remove_table(&text, line);
+        replace_atomically(&path, kept.as_bytes())
+            .map_err(|error| ControlError::Failed(format!("failed to write {file}: {error}")))?;
+        self.reload();
+        self.notify(Notice::RulesChanged);
+        Ok(())
+    }
+
+    /// Drops the in-memory rules whose process exited or whose user logged out.
+    pub(super) fn expire_memory_rules(&mut self) {
+        let cgroup_mount = self.cgroup_mount.clone();
+        let before = self.memory_rules.len();
+        self.memory_rules.retain(|rule| match &rule.expiry {
+            Expiry::Never => true,
+            Expiry::Process { pid, start_time } => process_start_time(*pid) == Some(*start_time),
+            Expiry::Logout { uid } => cgroup_mount
+                .join(format!("user.slice/user-{uid}.slice/user@{uid}.service"))
+                .is_dir(),
+        });
+        if self.memory_rules.len() != before {
+            tracing::info!(
+                count = before - self.memory_rules.len(),
+                "in-memory rules expired"
+            );
+            self.install_rules();
+            self.notify(Notice::RulesChanged);
+        }
+    }
+
+    /// Returns the rows of `ListRules`.
+    pub(super) fn rule_rows(&self) -> Vec<RuleRow> {
+        let forever = self.answers_path(true);
+        let until_reboot = self.answers_path(false);
+        let mut rows: Vec<RuleRow> = self
+            .file_rules
+            .iter()
+            .map(|rule| {
+                let lifetime = if rule.origin.file == forever {
+                    "forever"
+                } else if rule.origin.file == until_reboot {
+                    "until-reboot"
+                } else {
+                    "file"
+                };
+                (
+                    rule.origin.to_string(),
+                    lifetime.to_owned(),
+                    rule.origin.file.display().to_string(),
+                    rule_toml(rule),
+                )
+            })
+            .collect();
+        rows.extend(self.memory_rules.iter().map(|rule| {
+            (
+                format!("memory:{}", rule.number),
+                rule.lifetime.to_owned(),
+                rule.origin.clone(),
+                rule.toml.clone(),
+            )
+        }));
+        rows
+    }
+}
+
+/// Removes the `[[rule]]` table whose header is on `line` (1-based), with the comment lines
+/// right above it, and keeps every other byte.
+pub fn remove_table(text: &str, line: usize) -> String {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let header = line.saturating_sub(1);
+    let mut start = header;
+    while start > 0 && lines[start - 1].trim_start().starts_with('#') {
+        start -= 1;
+    }
+    let mut end = header + 1;
+    while end < lines.len() && !lines[end].trim_start().starts_with("[[") {
+        end += 1;
+    }
+    // Comments right above the next table belong to it.
+    while end > header + 1 && lines[end - 1].trim_start().starts_with('#') {
+        end -= 1;
+    }
+    let mut kept = String::new();
+    for (index, line) in lines.iter().enumerate() {
+        if index < start || index >= end {
+            kept.push_str(line);
+        }
+    }
+    kept
+}
+
+fn join_errors(errors: &[rules::RuleError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_table_keeps_others() {
+        let text = "# a\n[[rule]]\naction = \"allow\"\n\n# b\n[[rule]]\naction = \"deny\"\n";
+        assert_eq!(remove_table(text, 2), "# b\n[[rule]]\naction = \"deny\"\n");
+        assert_eq!(
+            remove_table(text, 6),
+            "# a\n[[rule]]\naction = \"allow\"\n\n"
+        );
+    }
+
+    #[test]
+    fn append_keeps_existing_bytes() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("a.toml");
+        fs::write(&path, "# kept  \n[[rule]]\naction = \"deny\"").unwrap();
+        append_atomically(&path, "[[rule]]\naction = \"allow\"\n").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "# kept  \n[[rule]]\naction = \"deny\"\n\n[[rule]]\naction = \"allow\"\n"
+        );
+    }
+}

@@ -13,9 +13,12 @@ use crate::control::{AddedLifetime, ControlError, Lifetime, Notice, RuleRow, Sco
 use crate::kernel::abi;
 use crate::rules::{self, Rule};
 
-/// Name of the file that answers and added rules are appended to, in `etc/slicewall/rules.d`
-/// (lifetime forever) and `run/slicewall/rules.d` (until reboot) under `--root`.
+/// Name of the file in `etc/slicewall/rules.d` under `--root` that answers and added rules with
+/// lifetime forever are appended to.
 pub const ANSWERS_FILE: &str = "70-slicewall-answers.toml";
+/// Name of the file in `run/slicewall/rules.d` for lifetime until-reboot. It differs from
+/// [`ANSWERS_FILE`] because a file in `/etc` masks the file of the same name in `/run`.
+pub const REBOOT_ANSWERS_FILE: &str = "71-slicewall-answers-until-reboot.toml";
 
 /// When an in-memory rule ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,14 +187,18 @@ fn now_text() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// Returns the answers file under `root` for lifetime forever or until reboot.
+fn answers_path(root: &Path, lifetime_forever: bool) -> PathBuf {
+    if lifetime_forever {
+        root.join("etc/slicewall/rules.d").join(ANSWERS_FILE)
+    } else {
+        root.join("run/slicewall/rules.d").join(REBOOT_ANSWERS_FILE)
+    }
+}
+
 impl Daemon {
     fn answers_path(&self, lifetime_forever: bool) -> PathBuf {
-        let directory = if lifetime_forever {
-            "etc/slicewall/rules.d"
-        } else {
-            "run/slicewall/rules.d"
-        };
-        self.root.join(directory).join(ANSWERS_FILE)
+        answers_path(&self.root, lifetime_forever)
     }
 
     /// Carries out `AnswerPrompt`: records the rule the lifetime asks for, then decides every
@@ -398,7 +405,7 @@ impl Daemon {
         }
         if path != self.answers_path(true) && path != self.answers_path(false) {
             return Err(ControlError::InvalidArgument(format!(
-                "invalid id {id:?}: only rules of {ANSWERS_FILE} and in-memory rules can be removed, edit {file} instead"
+                "invalid id {id:?}: only rules of {ANSWERS_FILE}, {REBOOT_ANSWERS_FILE} and in-memory rules can be removed, edit {file} instead"
             )));
         }
         let text = fs::read_to_string(&path)
@@ -513,6 +520,21 @@ mod tests {
             remove_table(text, 6),
             "# a\n[[rule]]\naction = \"allow\"\n\n"
         );
+    }
+
+    #[test]
+    fn reboot_answers_survive_forever_answers() {
+        let root = tempfile::tempdir().unwrap();
+        for forever in [true, false] {
+            let path = answers_path(root.path(), forever);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            append_atomically(&path, "[[rule]]\naction = \"allow\"\nport = 80\n").unwrap();
+        }
+
+        let loaded = rules::load_strict(root.path()).unwrap();
+
+        assert_eq!(loaded.files.len(), 2, "{:?}", loaded.files);
+        assert_eq!(loaded.rules.len(), 2);
     }
 
     #[test]

@@ -110,6 +110,10 @@ const CASES: &[(&str, Case)] = &[
     ),
     ("bus_call_starts_daemon", bus_call_starts_daemon),
     ("prompts_answered_over_dbus", prompts_answered_over_dbus),
+    (
+        "slicewallctl_answers_and_manages",
+        slicewallctl_answers_and_manages,
+    ),
 ];
 
 /// MESSAGE_ID of the daemon's rules-rejected records.
@@ -1640,6 +1644,179 @@ fn bus_call_starts_daemon(lab: &Lab) -> Result<(), String> {
             "Version failed after activation: {}",
             String::from_utf8_lossy(&version.stderr)
         ));
+    }
+    Ok(())
+}
+
+/// Rule file of the slicewallctl case: scopes named harness-ctl-*.scope are asked about.
+const CTL_RULES_FILE: &str = "/etc/slicewall/rules.d/63-harness-ctl.toml";
+
+fn slicewallctl_answers_and_manages(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    c.copy_file(&agent_path(), AGENT, 0o755)?;
+    let rule =
+        "[[rule]]\naction = \"ask\"\nunit = \"harness-ctl-*.scope\"\naddress = \"127.0.0.1\"\n";
+    c.write_file(CTL_RULES_FILE, rule.as_bytes(), 0o644)?;
+    lab.reload_rules()?;
+    let result = slicewallctl_checks(lab);
+    let _ = c.exec(&["slicewallctl", "mode", "alert"]);
+    c.exec_ok(&["rm", "-f", CTL_RULES_FILE])?;
+    lab.reload_rules()?;
+    result
+}
+
+/// Starts a probe in a new system scope that the slicewallctl case's rule asks about.
+fn spawn_ctl_probe(c: &Container) -> Result<std::process::Child, String> {
+    let unit = format!("harness-ctl-{}.scope", random_suffix());
+    c.spawn(&[
+        "systemd-run",
+        "--quiet",
+        "--scope",
+        "-u",
+        &unit,
+        PROBE,
+        "tcp",
+        &target(),
+    ])
+}
+
+/// Reads lines of a child's standard output on a thread of its own, so a test can wait for one
+/// with a timeout.
+fn line_reader(
+    child: &mut std::process::Child,
+) -> Result<std::sync::mpsc::Receiver<String>, String> {
+    let stdout = child.stdout.take().ok_or("the child has no stdout")?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(receiver)
+}
+
+/// Waits for a line that starts with `prefix` and returns the lines read so far.
+fn wait_for_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    prefix: &str,
+) -> Result<Vec<String>, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.starts_with(prefix);
+                seen.push(line);
+                if found {
+                    return Ok(seen);
+                }
+            }
+            Err(_) => return Err(format!("no line starting with {prefix:?} in {seen:?}")),
+        }
+    }
+}
+
+fn slicewallctl_checks(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+
+    // The terminal agent shows the prompt and takes "a" (allow once) from its input.
+    let mut agent = c.spawn(&["slicewallctl", "agent"])?;
+    let lines = line_reader(&mut agent)?;
+    wait_for_line(&lines, "registered as the prompt agent")?;
+    let probe = spawn_ctl_probe(c)?;
+    let shown = wait_for_line(&lines, "  to: ")?;
+    if !shown.iter().any(|line| line.contains(PROBE)) {
+        return Err(format!(
+            "the terminal agent did not show the program: {shown:?}"
+        ));
+    }
+    {
+        use std::io::Write;
+        let stdin = agent.stdin.as_mut().ok_or("the agent has no stdin")?;
+        stdin
+            .write_all(b"a\n")
+            .map_err(|error| format!("failed to answer in the terminal agent: {error}"))?;
+    }
+    expect_allowed("probe answered in the terminal agent", &probe_result(probe))?;
+    wait_for_line(&lines, "answered prompt")?;
+    // End of input ends the agent, which unregisters.
+    drop(agent.stdin.take());
+    let status = agent.wait().map_err(|error| error.to_string())?;
+    if !status.success() {
+        return Err(format!("slicewallctl agent exited with {status}"));
+    }
+
+    // Listing and answering without a terminal, while a silent agent keeps the prompt open.
+    let mut silent = c.spawn(&[AGENT])?;
+    let silent_lines = line_reader(&mut silent)?;
+    wait_for_line(&silent_lines, "registered")?;
+    let probe = spawn_ctl_probe(c)?;
+    let id = wait_for_new_prompt(c, &[])?;
+    let listed = c.exec_ok(&["slicewallctl", "prompts"])?;
+    if !listed.contains(&id.to_string()) || !listed.contains("127.0.0.1") {
+        let _ = silent.kill();
+        return Err(format!(
+            "slicewallctl prompts does not list prompt {id}: {listed}"
+        ));
+    }
+    let answered = c.exec(&["slicewallctl", "prompts", "answer", &id.to_string(), "deny"]);
+    let _ = silent.kill();
+    let _ = silent.wait();
+    if !answered.status.success() {
+        return Err(format!(
+            "slicewallctl prompts answer failed: {}",
+            String::from_utf8_lossy(&answered.stderr)
+        ));
+    }
+    expect_denied("probe answered deny", &probe_result(probe))?;
+
+    // Rules: add in memory, list, remove.
+    let added = c.exec_with_input(
+        &["slicewallctl", "rules", "add", "-", "--lifetime", "memory"],
+        b"[[rule]]\naction = \"deny\"\nunit = \"harness-ctl-added.scope\"\n",
+    );
+    let id = String::from_utf8_lossy(&added.stdout).trim().to_owned();
+    if !added.status.success() || id.is_empty() {
+        return Err(format!(
+            "slicewallctl rules add failed: {}",
+            String::from_utf8_lossy(&added.stderr)
+        ));
+    }
+    let listed = c.exec_ok(&["slicewallctl", "rules", "list"])?;
+    if !listed.contains(&format!("# {id} ")) || !listed.contains("harness-ctl-added.scope") {
+        return Err(format!("slicewallctl rules list lacks {id}: {listed}"));
+    }
+    c.exec_ok(&["slicewallctl", "rules", "remove", &id])?;
+    let listed = c.exec_ok(&["slicewallctl", "rules", "list"])?;
+    if listed.contains("harness-ctl-added.scope") {
+        return Err(format!(
+            "rule {id} is still listed after its removal: {listed}"
+        ));
+    }
+
+    // Modes: silent-deny answers an ask at once, without an agent or a prompt.
+    c.exec_ok(&["slicewallctl", "mode", "silent-deny"])?;
+    let mode = c.exec_ok(&["slicewallctl", "mode"])?;
+    if mode.trim() != "silent-deny" {
+        return Err(format!(
+            "slicewallctl mode prints {mode:?}, expected silent-deny"
+        ));
+    }
+    let started = Instant::now();
+    expect_denied(
+        "probe in silent-deny mode",
+        &probe_result(spawn_ctl_probe(c)?),
+    )?;
+    if started.elapsed() > Duration::from_secs(5) {
+        return Err("the silent-deny answer was not given at once".into());
+    }
+    c.exec_ok(&["slicewallctl", "mode", "alert"])?;
+    let reloaded = c.exec_ok(&["slicewallctl", "reload"])?;
+    if reloaded.trim() != "reloaded" {
+        return Err(format!("slicewallctl reload printed {reloaded:?}"));
     }
     Ok(())
 }

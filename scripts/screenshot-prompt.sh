@@ -1,14 +1,16 @@
 #!/bin/sh
-# Takes a screenshot of slicewall-agent's notification to docs/prompt.png.
+# Takes a screenshot of a real prompt to docs/prompt.png: boots the end-to-end harness's
+# container (tests/systemd.rs), where slicewalld holds a flow that an ask rule covers and the test
+# user's slicewall-agent shows the prompt on dunst under Xvfb, and captures the screen with
+# ImageMagick's `import`. Needs root, like the harness.
 #
-# Runs Xvfb, the dunst notification server and `slicewall-agent --preview` on a private
-# session bus, then captures the screen with ImageMagick's `import`. --preview shows a sample
-# prompt built by the agent's own formatting code, so no slicewalld is needed.
+# `--preview` instead shows a sample prompt with `slicewall-agent --preview` on this machine,
+# without a daemon.
 # Installs xvfb, dunst, imagemagick and dbus when they are missing (Debian, as root).
 set -eu
 
 cd "$(dirname "$0")/.."
-output=docs/prompt.png
+output="$PWD/docs/prompt.png"
 
 missing=""
 command -v Xvfb >/dev/null || missing="$missing xvfb"
@@ -17,6 +19,15 @@ command -v import >/dev/null || missing="$missing imagemagick"
 command -v dbus-daemon >/dev/null || missing="$missing dbus"
 if [ -n "$missing" ]; then
     apt-get install --yes --no-install-recommends $missing
+fi
+mkdir -p docs
+
+if [ "${1:-}" != "--preview" ]; then
+    tests/install-deps.sh
+    cargo build --examples
+    SLICEWALL_SCREENSHOT="$output" cargo test --test systemd -- prompt_screenshot
+    echo "wrote $output"
+    exit 0
 fi
 
 cargo build --bin slicewall-agent
@@ -39,25 +50,7 @@ pids="$pids $!"
 export DBUS_SESSION_BUS_ADDRESS="unix:path=$work/bus"
 sleep 1
 
-# A dunstrc wide enough for the body. dunst lists the buttons in its context menu, not in the
-# notification, and marks a notification that has them with "(A)".
-cat >"$work/dunstrc" <<'CONF'
-[global]
-    width = 700
-    height = 300
-    origin = top-right
-    offset = 10x10
-    font = DejaVu Sans 11
-    format = "<b>%s</b>\n%b"
-    show_indicators = yes
-    frame_width = 2
-[urgency_critical]
-    background = "#2b2b2b"
-    foreground = "#ffffff"
-    frame_color = "#d08770"
-    timeout = 0
-CONF
-dunst -config "$work/dunstrc" >"$work/dunst.log" 2>&1 &
+dunst -config scripts/dunstrc >"$work/dunst.log" 2>&1 &
 pids="$pids $!"
 sleep 1
 
@@ -65,6 +58,5 @@ target/debug/slicewall-agent --preview >"$work/agent.log" 2>&1 &
 pids="$pids $!"
 sleep 2
 
-mkdir -p docs
 import -window root "$output"
 echo "wrote $output"

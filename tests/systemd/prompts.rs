@@ -26,7 +26,13 @@ pub const PROMPT_CASES: &[(&str, Case)] = &[
     ("prompt_deny_once_fails_fast", deny_once_fails_fast),
     ("prompt_without_actions_hints", without_actions_hints),
     ("prompt_notification_latency", notification_latency),
+    ("prompt_screenshot", screenshot),
 ];
+
+/// Environment variable naming the PNG file that `prompt_screenshot` writes.
+const SCREENSHOT_VARIABLE: &str = "SLICEWALL_SCREENSHOT";
+/// X display of the screenshot, inside the container.
+const SCREENSHOT_DISPLAY: &str = ":97";
 
 /// Returns why the prompt cases cannot run, if they cannot.
 pub fn check_daemon(lab: &Lab) -> Result<(), String> {
@@ -344,4 +350,113 @@ fn agent_journal(lab: &Lab) -> String {
         "slicewalld.service",
     ]);
     String::from_utf8_lossy(&journal.stdout).into_owned()
+}
+
+/// Takes the README's screenshot of a real prompt: stops the double, runs Xvfb and dunst as the
+/// test user on the user's session bus, makes a flow that raises a prompt, and captures the
+/// screen once the agent has shown it. Runs only when [`SCREENSHOT_VARIABLE`] names the output
+/// file, as `scripts/screenshot-prompt.sh` does.
+fn screenshot(lab: &Lab) -> Result<(), String> {
+    let Some(output) = std::env::var_os(SCREENSHOT_VARIABLE) else {
+        println!("  skipping: set {SCREENSHOT_VARIABLE}=FILE to take a screenshot of a prompt");
+        return Ok(());
+    };
+    for tool in ["Xvfb", "dunst", "import"] {
+        if super::container::find_in_path(tool).is_none() {
+            return Err(format!(
+                "{tool} is not installed; scripts/screenshot-prompt.sh installs it"
+            ));
+        }
+    }
+    let c = lab.container();
+    let _ = c.exec(&["systemctl", "stop", DOUBLE_UNIT]);
+    let result = screenshot_steps(lab, std::path::Path::new(&output));
+    for unit in ["harness-dunst.service", "harness-xvfb.service"] {
+        let _ = c.exec(&["systemctl", "stop", unit]);
+    }
+    start_double(lab, &[])?;
+    result
+}
+
+fn screenshot_steps(lab: &Lab, output: &std::path::Path) -> Result<(), String> {
+    let c = lab.container();
+    let uid = lab.uid.to_string();
+    let bus = format!("--setenv=DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/harness-bus");
+    let display = format!("--setenv=DISPLAY={SCREENSHOT_DISPLAY}");
+    let dunstrc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dunstrc");
+    c.copy_file(&dunstrc, "/run/harness-dunstrc", 0o644)?;
+    c.exec_ok(&[
+        "systemd-run",
+        "--quiet",
+        "--uid",
+        &uid,
+        "--unit",
+        "harness-xvfb.service",
+        "Xvfb",
+        SCREENSHOT_DISPLAY,
+        "-screen",
+        "0",
+        "1024x400x24",
+        "-nolisten",
+        "tcp",
+    ])?;
+    wait_for(Duration::from_secs(10), "Xvfb", || {
+        Ok(c.exec(&["test", "-S", "/tmp/.X11-unix/X97"])
+            .status
+            .success())
+    })?;
+    c.exec_ok(&[
+        "systemd-run",
+        "--quiet",
+        "--uid",
+        &uid,
+        "--unit",
+        "harness-dunst.service",
+        &bus,
+        &display,
+        "dunst",
+        "-config",
+        "/run/harness-dunstrc",
+    ])?;
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut probe = c.run_user_scope_background(
+        USER,
+        lab.uid,
+        &prompt_unit(),
+        &[super::PROBE, "tcp", &target()],
+    )?;
+    let id = super::wait_for_new_prompt(c, &[])?;
+    // dunst draws the notification a moment after the agent sends it.
+    std::thread::sleep(Duration::from_millis(1500));
+    // The test user can write the double's directory.
+    let shot = "/run/harness-double/prompt.png";
+    let captured = c.exec(&[
+        "runuser",
+        "-u",
+        USER,
+        "--",
+        "env",
+        &format!("DISPLAY={SCREENSHOT_DISPLAY}"),
+        "import",
+        "-window",
+        "root",
+        shot,
+    ]);
+    let _ = c.exec(&["slicewallctl", "prompts", "answer", &id.to_string(), "deny"]);
+    let _ = probe.wait();
+    if !captured.status.success() {
+        return Err(format!(
+            "import failed: {}",
+            String::from_utf8_lossy(&captured.stderr)
+        ));
+    }
+    let png = c.exec(&["cat", shot]);
+    if !png.status.success() || !png.stdout.starts_with(b"\x89PNG") {
+        return Err(format!("{shot} is not a PNG file"));
+    }
+    std::fs::write(output, &png.stdout)
+        .map_err(|error| format!("failed to write {}: {error}", output.display()))?;
+    println!("  wrote {}", output.display());
+    Ok(())
 }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::control::{Firewall1Proxy, BUS_NAME};
 use crate::prompt::Prompt;
 
-/// What an agent learns from the daemon.
+/// Event that an agent receives from the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
     /// The agent is registered, the first time or again after a daemon restart. Prompts that the

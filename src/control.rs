@@ -151,12 +151,12 @@ impl Lifetime {
     }
 }
 
-/// Which destinations an answer's rule covers.
+/// Destinations that an answer's rule covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// Address, port and protocol of the flow.
     Destination,
-    /// The host's domain; the daemon knows no host names yet, so the address, any port.
+    /// The host's domain. The daemon learns no host names yet, so this is the address, any port.
     Domain,
     Any,
 }
@@ -226,7 +226,7 @@ pub enum Command {
     },
 }
 
-/// Something the daemon's main loop asks the interface to send.
+/// Message the daemon's main loop hands the interface to send.
 #[derive(Clone)]
 pub enum Notice {
     /// `PromptAdded`, unicast to the agent `destination`.
@@ -541,7 +541,7 @@ impl Firewall {
         self.request(|reply| Command::SetMode { mode, reply }).await
     }
 
-    /// A prompt was opened (sent to the uid's agent only).
+    /// Sends that a prompt was opened, to the uid's agent only.
     #[zbus(signal, name = "PromptAdded")]
     async fn prompt_added(
         emitter: &SignalEmitter<'_>,
@@ -560,12 +560,12 @@ impl Firewall {
         deadline_usec: u64,
     ) -> zbus::Result<()>;
 
-    /// A prompt was closed, with its outcome (sent to the uid's agent only).
+    /// Sends that a prompt was closed, with its outcome, to the uid's agent only.
     #[zbus(signal, name = "PromptClosed")]
     async fn prompt_closed(emitter: &SignalEmitter<'_>, id: u64, outcome: &str)
         -> zbus::Result<()>;
 
-    /// The rules in force changed.
+    /// Sends that the rules in force changed.
     #[zbus(signal, name = "RulesChanged")]
     async fn rules_changed(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
 

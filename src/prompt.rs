@@ -174,7 +174,7 @@ word_enum!(
 );
 
 word_enum!(
-    /// Which destinations an answer covers: the prompt's address, port and protocol, the host's
+    /// Destinations that an answer covers: the prompt's address, port and protocol, the host's
     /// domain (the address when the host is unknown), or any destination.
     Scope, "scope", { Destination => "destination", Domain => "domain", Any => "any" }
 );
@@ -528,7 +528,7 @@ pub fn data_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// What a desktop notification for one prompt shows.
+/// Content of a desktop notification for one prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotificationText {
     pub summary: String,
@@ -595,7 +595,7 @@ pub fn notification_text(
     }
 }
 
-/// A prompt to show with `slicewall-agent --preview`, for screenshots and trials.
+/// Returns a prompt to show with `slicewall-agent --preview`, for screenshots and trials.
 pub fn sample_prompt(now_usec: u64) -> Prompt {
     Prompt {
         id: 1,

@@ -205,7 +205,7 @@ struct Shown {
     waiter: tokio::task::JoinHandle<()>,
 }
 
-/// What the user did with a notification.
+/// User response to a notification.
 struct Response {
     prompt_id: u64,
     response: NotificationResponse,

@@ -15,7 +15,7 @@ use super::Daemon;
 use crate::control::{Notice, PromptRow};
 use crate::kernel::abi::{self, Event};
 
-/// What identifies a prompt: the flows that share one answer.
+/// Key of a prompt, shared by the flows that share one answer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PromptKey {
     pub uid: u32,
@@ -121,7 +121,7 @@ impl Prompts {
     }
 }
 
-/// How a prompt ended, for its `PromptClosed` signal and its flows' audit records.
+/// End of a prompt, for its `PromptClosed` signal and its flows' audit records.
 pub struct Closing {
     pub outcome: &'static str,
     pub verdict: u8,
@@ -263,7 +263,7 @@ impl Daemon {
         self.audit_identified(event, info, verdict);
     }
 
-    /// Closes a prompt: decides every connection still waiting on it, and tells the agent.
+    /// Closes a prompt: decides every connection still waiting on it, and signals the agent.
     pub(super) fn close_prompt(&mut self, id: u64, closing: &Closing) {
         let Some(prompt) = self.prompts.open.remove(&id) else {
             return;

@@ -338,7 +338,7 @@ fn notification_latency(lab: &Lab) -> Result<(), String> {
     Ok(())
 }
 
-/// The last lines the agent and the daemon logged, for failure messages.
+/// Returns the last lines the agent and the daemon logged, for failure messages.
 fn agent_journal(lab: &Lab) -> String {
     let journal = lab.container().exec(&[
         "journalctl",

@@ -606,7 +606,7 @@ pub fn sample_prompt(now_usec: u64) -> Prompt {
         exe: "/usr/lib/firefox-esr/firefox-esr".into(),
         sha256: String::new(),
         host: "example.org".into(),
-        address: "2606:2800:21f:cb07:6820:80da:af6b:8b2c".into(),
+        address: "2001:db8::443".into(),
         port: 443,
         protocol: "tcp".into(),
         cgroup: "/user.slice/user-1000.slice/user@1000.service/app.slice/app-org.mozilla.firefox-2817.scope".into(),

@@ -1342,6 +1342,8 @@ const ASK_RULES_FILE: &str = "/etc/slicewall/rules.d/62-harness-ask.toml";
 const ANSWERS_FILE: &str = "/etc/slicewall/rules.d/70-slicewall-answers.toml";
 /// A port nothing listens on, for flows that are denied.
 const CLOSED_PORT: u16 = 18099;
+/// Port of the listener that the answer-to-established timing connects to.
+const TIMING_PORT: u16 = 18081;
 
 fn busctl_call(c: &Container, method: &str, signature: &[&str]) -> std::process::Output {
     let mut args = vec![
@@ -1441,6 +1443,7 @@ address = \"127.0.0.1\"
     let result = prompt_checks(lab);
     let _ = agent.kill();
     let _ = agent.wait();
+    lab.remove_unit("harness-timing-listen.service");
     let _ = c.exec(&["rm", "-f", ASK_RULES_FILE, ANSWERS_FILE]);
     lab.reload_rules()?;
     result
@@ -1534,11 +1537,22 @@ fn prompt_checks(lab: &Lab) -> Result<(), String> {
         return Err(format!("deny once took {deny_time:?}"));
     }
 
-    // Answer-to-established, median over 20 late answers ("once", so each one prompts).
+    // Answer-to-established, median over 20 late answers ("once", so each one prompts), to a
+    // listener of this case's own: the answer "allow forever" above covers the main listener.
+    let listen = format!("TCP-LISTEN:{TIMING_PORT},bind=127.0.0.1,reuseaddr,fork");
+    c.exec_ok(&[
+        "systemd-run",
+        "--quiet",
+        "--unit",
+        "harness-timing-listen.service",
+        "socat",
+        &listen,
+        "EXEC:cat",
+    ])?;
     let mut times = Vec::new();
     let mut known = Vec::new();
     for _ in 0..20 {
-        let probe = spawn_asking_probe(c, PORT)?;
+        let probe = spawn_asking_probe(c, TIMING_PORT)?;
         let id = wait_for_new_prompt(c, &known)?;
         known.push(id);
         // Late answers at random points of the retransmission cycle: the held SYN has backed

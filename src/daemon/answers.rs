@@ -82,6 +82,44 @@ pub fn answer_rule(prompt: &Prompt, allow: bool, scope: Scope) -> String {
     text
 }
 
+/// Builds the comment lines written above the rule of an answer. The executable's path and the
+/// cgroup path come from the program that raised the prompt, so their control characters are
+/// escaped: a newline would end the comment and let the name add TOML of its own to the file.
+pub fn answer_comment(
+    prompt: &Prompt,
+    action: &str,
+    lifetime: Lifetime,
+    caller_uid: u32,
+    caller_name: &str,
+    when: &str,
+) -> String {
+    format!(
+        "# {action} {lifetime}: answer by uid {caller_uid} ({}) at {when} to a prompt for\n# {} {}:{} from {} (uid {}, cgroup {})\n",
+        comment_text(caller_name),
+        protocol_name(prompt.key.protocol),
+        prompt.key.address,
+        prompt.key.port,
+        comment_text(&prompt.info.exe.path.to_string_lossy()),
+        prompt.key.uid,
+        comment_text(&prompt.info.unit.cgroup_path),
+        lifetime = lifetime.as_str(),
+    )
+}
+
+/// Returns `text` with every control character written as a Rust escape (`\n`, `\u{1b}`), so it
+/// fits on one TOML comment line, which allows no control character but tab.
+fn comment_text(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if character.is_control() {
+            escaped.extend(character.escape_default());
+        } else {
+            escaped.push(character);
+        }
+    }
+    escaped
+}
+
 /// Writes a rule back as a `[[rule]]` table.
 pub fn rule_toml(rule: &Rule) -> String {
     let mut text = String::from("[[rule]]\n");
@@ -220,16 +258,7 @@ impl Daemon {
         let when = now_text();
         let action = if allow { "allow" } else { "deny" };
         let table = answer_rule(prompt, allow, scope);
-        let comment = format!(
-            "# {action} {lifetime}: answer by uid {caller_uid} ({caller_name}) at {when} to a prompt for\n# {} {}:{} from {} (uid {}, cgroup {})\n",
-            protocol_name(prompt.key.protocol),
-            prompt.key.address,
-            prompt.key.port,
-            prompt.info.exe.path.display(),
-            prompt.key.uid,
-            prompt.info.unit.cgroup_path.replace('\n', " "),
-            lifetime = lifetime.as_str(),
-        );
+        let comment = answer_comment(prompt, action, lifetime, caller_uid, caller_name, &when);
         let origin = format!("answer by UID {caller_uid} at {when}");
         let expiry = match lifetime {
             Lifetime::UntilAppQuits => {
@@ -511,6 +540,77 @@ fn join_errors(errors: &[rules::RuleError]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prompt_from(exe: &str, cgroup_path: &str) -> Prompt {
+        use crate::exe::ExeIdentity;
+        use crate::unit::UnitInfo;
+        let first = abi::Event {
+            uid: 1000,
+            port: 443,
+            protocol: 6,
+            ..abi::Event::default()
+        };
+        Prompt {
+            id: 1,
+            key: super::super::prompts::PromptKey {
+                uid: 1000,
+                cgroup_id: 7,
+                exe: PathBuf::from(exe),
+                sha256: "0".repeat(64),
+                address: "192.0.2.1".parse().unwrap(),
+                port: 443,
+                protocol: 6,
+            },
+            info: super::super::tables::SubjectInfo {
+                unit: std::sync::Arc::new(UnitInfo {
+                    cgroup_path: cgroup_path.to_owned(),
+                    ..UnitInfo::default()
+                }),
+                exe: std::sync::Arc::new(ExeIdentity {
+                    path: PathBuf::from(exe),
+                    sha256: [0; 32].into(),
+                    deleted: false,
+                    path_verified: true,
+                }),
+                uid: 1000,
+                policy: 0,
+            },
+            first,
+            waiting: Vec::new(),
+            had_connections: false,
+            deadline: std::time::Instant::now(),
+            deadline_usec: 0,
+            ask_priority: 0,
+        }
+    }
+
+    #[test]
+    fn hostile_names_stay_in_the_comment() {
+        let injected = "\n[[rule]]\naction = \"allow\"\npriority = 1000\n# ";
+        let prompt = prompt_from(
+            &format!("/home/u/app{injected}"),
+            &format!("/user.slice/a\r\u{1b}[2J{injected}"),
+        );
+        let comment = answer_comment(
+            &prompt,
+            "allow",
+            Lifetime::Forever,
+            1000,
+            ":1.5",
+            "2024-01-01T00:00:00Z",
+        );
+        let text = format!(
+            "{comment}{}",
+            answer_rule(&prompt, true, Scope::Destination)
+        );
+
+        let rules = rules::parse::parse_file(Path::new("answers.toml"), &text)
+            .unwrap_or_else(|errors| panic!("{}\n{text}", join_errors(&errors)));
+
+        assert_eq!(rules.len(), 1, "{text}");
+        assert_eq!(comment.lines().count(), 2, "{comment}");
+        assert!(comment.contains("/home/u/app\\n[[rule]]"), "{comment}");
+    }
 
     #[test]
     fn remove_table_keeps_others() {

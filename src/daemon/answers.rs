@@ -176,11 +176,17 @@ fn quote(text: &str) -> String {
 pub fn append_atomically(path: &Path, addition: &str) -> std::io::Result<()> {
     let directory = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(directory)?;
-    let mut contents = match fs::read(path) {
+    let existing = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(error) => return Err(error),
     };
+    replace_atomically(path, &appended(&existing, addition))
+}
+
+/// Returns `existing` with `addition` appended after a blank line.
+pub fn appended(existing: &[u8], addition: &str) -> Vec<u8> {
+    let mut contents = existing.to_vec();
     if !contents.is_empty() && !contents.ends_with(b"\n") {
         contents.push(b'\n');
     }
@@ -188,7 +194,35 @@ pub fn append_atomically(path: &Path, addition: &str) -> std::io::Result<()> {
         contents.push(b'\n');
     }
     contents.extend_from_slice(addition.as_bytes());
-    replace_atomically(path, &contents)
+    contents
+}
+
+/// Checks that `contents`, the file at `path` once a rule was appended to its `existing`
+/// bytes, reads back with exactly one rule more, and returns the line of the new rule's
+/// header. A table valid on its own can change the rule before it once appended, for example
+/// `rule = [{ action = "allow" }]`, which becomes a key of the file's last table.
+pub fn added_rule_line(path: &Path, existing: &[u8], contents: &[u8]) -> Result<u32, ControlError> {
+    let before = rules::parse::parse_file_bytes(path, existing).map_err(|errors| {
+        ControlError::Failed(format!(
+            "refusing to add to {}, which has errors: {}",
+            path.display(),
+            join_errors(&errors)
+        ))
+    })?;
+    let after = rules::parse::parse_file_bytes(path, contents).map_err(|errors| {
+        ControlError::InvalidArgument(format!(
+            "invalid argument toml: appended to {} it gives: {}; write the rule as a [[rule]] table",
+            path.display(),
+            join_errors(&errors)
+        ))
+    })?;
+    match after.last() {
+        Some(rule) if after.len() == before.len() + 1 => Ok(rule.origin.line),
+        _ => Err(ControlError::InvalidArgument(format!(
+            "invalid argument toml: appended to {} it does not add exactly one rule; write the rule as a [[rule]] table",
+            path.display()
+        ))),
+    }
 }
 
 /// Replaces the file at `path` with `contents` through a synced temporary file and a rename.
@@ -378,21 +412,24 @@ impl Daemon {
             ),
             AddedLifetime::Forever | AddedLifetime::UntilReboot => {
                 let path = self.answers_path(lifetime == AddedLifetime::Forever);
-                let existing = fs::read_to_string(&path).unwrap_or_default();
                 let comment = format!("# added by uid {caller_uid} at {when}\n");
                 let mut addition = format!("{comment}{}", toml_text.trim_end());
                 addition.push('\n');
-                append_atomically(&path, &addition).map_err(|error| {
+                let existing = match fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(error) => {
+                        return Err(ControlError::Failed(format!(
+                            "failed to read {}: {error}",
+                            path.display()
+                        )))
+                    }
+                };
+                let contents = appended(&existing, &addition);
+                let line = added_rule_line(&path, &existing, &contents)?;
+                replace_atomically(&path, &contents).map_err(|error| {
                     ControlError::Failed(format!("failed to write {}: {error}", path.display()))
                 })?;
-                // The header line of the added table: the existing lines, the blank separator
-                // line, the comment, then the table's own lines up to its header.
-                let before = existing.lines().count() + usize::from(!existing.is_empty());
-                let header_offset = toml_text
-                    .lines()
-                    .position(|line| line.trim_start().starts_with("[[rule]]"))
-                    .unwrap_or(0);
-                let line = before + 1 + header_offset + 1;
                 self.reload();
                 self.notify(Notice::RulesChanged);
                 Ok(format!("{}:{line}", path.display()))
@@ -610,6 +647,36 @@ mod tests {
         assert_eq!(rules.len(), 1, "{text}");
         assert_eq!(comment.lines().count(), 2, "{comment}");
         assert!(comment.contains("/home/u/app\\n[[rule]]"), "{comment}");
+    }
+
+    #[test]
+    fn added_rules_must_stay_tables_of_their_own() {
+        let path = Path::new("70-slicewall-answers.toml");
+        let existing = b"[[rule]]\naction = \"deny\"\nport = 22\n";
+        // Valid on its own as one rule, but appended it becomes a key of the table before.
+        let inline = "# added\nrule = [{ action = \"allow\" }]\n";
+        assert_eq!(
+            rules::parse_file(path, inline).map(|r| r.len()).ok(),
+            Some(1)
+        );
+
+        let error = added_rule_line(path, existing, &appended(existing, inline)).unwrap_err();
+
+        assert!(
+            matches!(&error, ControlError::InvalidArgument(message) if message.contains("[[rule]] table")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn added_rule_line_names_the_header() {
+        let path = Path::new("70-slicewall-answers.toml");
+        let existing = b"[[rule]]\naction = \"deny\"\nport = 22";
+        let addition = "# added\n# more\n[[ rule ]]\naction = \"allow\"\n";
+
+        let line = added_rule_line(path, existing, &appended(existing, addition)).unwrap();
+
+        assert_eq!(line, 7);
     }
 
     #[test]

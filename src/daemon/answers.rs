@@ -461,14 +461,15 @@ impl Daemon {
             )));
         };
         let path = PathBuf::from(file);
-        if !self
+        let Some(in_force) = self
             .tables
             .rules()
             .iter()
-            .any(|rule| rule.origin.file == path && rule.origin.line as usize == line)
-        {
+            .find(|rule| rule.origin.file == path && rule.origin.line as usize == line)
+            .map(rule_toml)
+        else {
             return Err(ControlError::NoSuchRule(format!("no rule has id {id}")));
-        }
+        };
         if path != self.answers_path(true) && path != self.answers_path(false) {
             return Err(ControlError::InvalidArgument(format!(
                 "invalid id {id:?}: only rules of {ANSWERS_FILE}, {REBOOT_ANSWERS_FILE} and in-memory rules can be removed, edit {file} instead"
@@ -476,6 +477,7 @@ impl Daemon {
         }
         let text = fs::read_to_string(&path)
             .map_err(|error| ControlError::Failed(format!("failed to read {file}: {error}")))?;
+        check_unchanged(&path, &text, line, &in_force)?;
         let kept = remove_table(&text, line);
         replace_atomically(&path, kept.as_bytes())
             .map_err(|error| ControlError::Failed(format!("failed to write {file}: {error}")))?;
@@ -537,6 +539,33 @@ impl Daemon {
             )
         }));
         rows
+    }
+}
+
+/// Checks that the file's `text` still has, on `line`, the header of the rule in force written
+/// as `in_force`. A file edited by hand since the last reload can have another table there, or
+/// the middle of one, and removing from that line would cut off another rule's keys.
+fn check_unchanged(
+    path: &Path,
+    text: &str,
+    line: usize,
+    in_force: &str,
+) -> Result<(), ControlError> {
+    let now = rules::parse::parse_file(path, text)
+        .ok()
+        .and_then(|parsed| {
+            parsed
+                .iter()
+                .find(|rule| rule.origin.line as usize == line)
+                .map(rule_toml)
+        });
+    if now.as_deref() == Some(in_force) {
+        Ok(())
+    } else {
+        Err(ControlError::Failed(format!(
+            "{}:{line} changed since the rules were last loaded; reload, list the rules and remove by the new id",
+            path.display()
+        )))
     }
 }
 
@@ -677,6 +706,21 @@ mod tests {
         let line = added_rule_line(path, existing, &appended(existing, addition)).unwrap();
 
         assert_eq!(line, 7);
+    }
+
+    #[test]
+    fn removal_needs_the_rule_in_force() {
+        let path = Path::new("70-slicewall-answers.toml");
+        let loaded = "[[rule]]\naction = \"allow\"\nport = 22\n\n[[rule]]\naction = \"deny\"\n";
+        let in_force = rule_toml(&rules::parse_file(path, loaded).unwrap()[1]);
+        // A rule added by hand at the top moves both down. Line 5, the deny rule's old id, now
+        // holds the allow rule, which removing by that id would drop instead.
+        let edited = format!("[[rule]]\naction = \"deny\"\nport = 80\n\n{loaded}");
+
+        assert!(check_unchanged(path, loaded, 5, &in_force).is_ok());
+        assert!(check_unchanged(path, &edited, 5, &in_force).is_err());
+        assert!(remove_table(&edited, 5).contains("port = 80"));
+        assert!(!remove_table(&edited, 5).contains("port = 22"));
     }
 
     #[test]

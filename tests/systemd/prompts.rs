@@ -264,11 +264,18 @@ fn hostile_exe_name(lab: &Lab) -> Result<(), String> {
     expect_allowed("the hostile probe after Allow always", &line)
         .map_err(|error| format!("{error}\n{}", agent_journal(lab)))?;
     let answers = answers?;
-    let tables = answers
+    // The rule's own exe value may hold the name as a multi-line string, so the file is
+    // parsed rather than searched for headers.
+    let parsed: toml::Table = toml::from_str(&answers)
+        .map_err(|error| format!("{ANSWERS_FILE} is not valid TOML: {error}\n{answers}"))?;
+    let tables = parsed
+        .get("rule")
+        .and_then(toml::Value::as_array)
+        .map_or(0, Vec::len);
+    let comment_escaped = answers
         .lines()
-        .filter(|line| line.trim() == "[[rule]]")
-        .count();
-    if tables != 1 || !answers.contains("probe\\n[[rule]]") {
+        .any(|line| line.starts_with('#') && line.contains("probe\\n[[rule]]"));
+    if tables != 1 || !comment_escaped {
         return Err(format!(
             "{ANSWERS_FILE} has {tables} [[rule]] tables, expected 1 with the name escaped:\n{answers}"
         ));

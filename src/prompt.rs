@@ -99,6 +99,22 @@ impl Prompt {
     }
 }
 
+/// Returns `text` with every control character written as a Rust escape (`\n`, `\u{1b}`).
+/// Names in a prompt come from the program that raised it, or from its unit name, so a newline
+/// could add a line such as a false "To:" to a notification, and an escape sequence could
+/// drive the terminal that `slicewallctl` prints to.
+pub fn printable(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if character.is_control() {
+            escaped.extend(character.escape_default());
+        } else {
+            escaped.push(character);
+        }
+    }
+    escaped
+}
+
 /// Returns the current `CLOCK_REALTIME` time in microseconds.
 pub fn now_usec() -> u64 {
     std::time::SystemTime::now()
@@ -547,14 +563,14 @@ pub fn notification_text(
     has_actions: bool,
     icon: String,
 ) -> NotificationText {
-    let summary = format!("{} wants to connect", prompt.display_name());
+    let summary = format!("{} wants to connect", printable(prompt.display_name()));
     let mut lines = Vec::new();
     if !prompt.exe.is_empty() {
-        lines.push(format!("Program: {}", prompt.exe));
+        lines.push(format!("Program: {}", printable(&prompt.exe)));
     }
-    lines.push(format!("To: {}", prompt.destination()));
+    lines.push(format!("To: {}", printable(&prompt.destination())));
     if !prompt.unit.is_empty() {
-        lines.push(format!("Unit: {}", prompt.unit));
+        lines.push(format!("Unit: {}", printable(&prompt.unit)));
     }
     let mut actions = Vec::new();
     if has_actions {
@@ -708,6 +724,30 @@ mod tests {
             ["Allow once", "Allow always", "Deny once", "Deny always"]
         );
         assert!(!text.body.contains("slicewallctl"));
+    }
+
+    #[test]
+    fn notification_escapes_control_characters() {
+        let mut hostile = prompt();
+        hostile.app_name = "App\u{1b}[8m".into();
+        hostile.exe = "/home/u/app\nTo: example.net (198.51.100.7) port 443/tcp".into();
+        hostile.unit = "app-x\r\n-1.scope".into();
+
+        let text = notification_text(&hostile, &AgentConfig::default(), true, GENERIC_ICON.into());
+
+        assert_eq!(text.summary, "App\\u{1b}[8m wants to connect");
+        assert_eq!(text.body.lines().count(), 3, "{}", text.body);
+        assert!(
+            text.body
+                .starts_with("Program: /home/u/app\\nTo: example.net"),
+            "{}",
+            text.body
+        );
+        assert!(
+            text.body.ends_with("Unit: app-x\\r\\n-1.scope"),
+            "{}",
+            text.body
+        );
     }
 
     #[test]

@@ -183,3 +183,26 @@ fn output_to_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
 }
+
+#[test]
+fn rules_add_names_a_second_table() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("two.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\naction = \"allow\"\nport = 80\n\n[[rule]]\naction = \"deny\"\n",
+    )
+    .unwrap();
+    // The file is checked before the daemon is reached, so no bus is needed.
+    let output = Command::new(slicewallctl())
+        .args(["rules", "add"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:5:1", path.display())),
+        "error without file:line:column: {stderr}"
+    );
+}

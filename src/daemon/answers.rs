@@ -82,6 +82,44 @@ pub fn answer_rule(prompt: &Prompt, allow: bool, scope: Scope) -> String {
     text
 }
 
+/// Builds the comment lines written above the rule of an answer. The executable's path and the
+/// cgroup path come from the program that raised the prompt, so their control characters are
+/// escaped: a newline would end the comment and let the name add TOML of its own to the file.
+pub fn answer_comment(
+    prompt: &Prompt,
+    action: &str,
+    lifetime: Lifetime,
+    caller_uid: u32,
+    caller_name: &str,
+    when: &str,
+) -> String {
+    format!(
+        "# {action} {lifetime}: answer by uid {caller_uid} ({}) at {when} to a prompt for\n# {} {}:{} from {} (uid {}, cgroup {})\n",
+        comment_text(caller_name),
+        protocol_name(prompt.key.protocol),
+        prompt.key.address,
+        prompt.key.port,
+        comment_text(&prompt.info.exe.path.to_string_lossy()),
+        prompt.key.uid,
+        comment_text(&prompt.info.unit.cgroup_path),
+        lifetime = lifetime.as_str(),
+    )
+}
+
+/// Returns `text` with every control character written as a Rust escape (`\n`, `\u{1b}`), so it
+/// fits on one TOML comment line, which allows no control character but tab.
+fn comment_text(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if character.is_control() {
+            escaped.extend(character.escape_default());
+        } else {
+            escaped.push(character);
+        }
+    }
+    escaped
+}
+
 /// Writes a rule back as a `[[rule]]` table.
 pub fn rule_toml(rule: &Rule) -> String {
     let mut text = String::from("[[rule]]\n");
@@ -138,11 +176,17 @@ fn quote(text: &str) -> String {
 pub fn append_atomically(path: &Path, addition: &str) -> std::io::Result<()> {
     let directory = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(directory)?;
-    let mut contents = match fs::read(path) {
+    let existing = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(error) => return Err(error),
     };
+    replace_atomically(path, &appended(&existing, addition))
+}
+
+/// Returns `existing` with `addition` appended after a blank line.
+pub fn appended(existing: &[u8], addition: &str) -> Vec<u8> {
+    let mut contents = existing.to_vec();
     if !contents.is_empty() && !contents.ends_with(b"\n") {
         contents.push(b'\n');
     }
@@ -150,7 +194,35 @@ pub fn append_atomically(path: &Path, addition: &str) -> std::io::Result<()> {
         contents.push(b'\n');
     }
     contents.extend_from_slice(addition.as_bytes());
-    replace_atomically(path, &contents)
+    contents
+}
+
+/// Checks that `contents`, the file at `path` once a rule was appended to its `existing`
+/// bytes, reads back with exactly one rule more, and returns the line of the new rule's
+/// header. A table valid on its own can change the rule before it once appended, for example
+/// `rule = [{ action = "allow" }]`, which becomes a key of the file's last table.
+pub fn added_rule_line(path: &Path, existing: &[u8], contents: &[u8]) -> Result<u32, ControlError> {
+    let before = rules::parse::parse_file_bytes(path, existing).map_err(|errors| {
+        ControlError::Failed(format!(
+            "refusing to add to {}, which has errors: {}",
+            path.display(),
+            join_errors(&errors)
+        ))
+    })?;
+    let after = rules::parse::parse_file_bytes(path, contents).map_err(|errors| {
+        ControlError::InvalidArgument(format!(
+            "invalid argument toml: appended to {} it gives: {}; write the rule as a [[rule]] table",
+            path.display(),
+            join_errors(&errors)
+        ))
+    })?;
+    match after.last() {
+        Some(rule) if after.len() == before.len() + 1 => Ok(rule.origin.line),
+        _ => Err(ControlError::InvalidArgument(format!(
+            "invalid argument toml: appended to {} it does not add exactly one rule; write the rule as a [[rule]] table",
+            path.display()
+        ))),
+    }
 }
 
 /// Replaces the file at `path` with `contents` through a synced temporary file and a rename.
@@ -220,16 +292,7 @@ impl Daemon {
         let when = now_text();
         let action = if allow { "allow" } else { "deny" };
         let table = answer_rule(prompt, allow, scope);
-        let comment = format!(
-            "# {action} {lifetime}: answer by uid {caller_uid} ({caller_name}) at {when} to a prompt for\n# {} {}:{} from {} (uid {}, cgroup {})\n",
-            protocol_name(prompt.key.protocol),
-            prompt.key.address,
-            prompt.key.port,
-            prompt.info.exe.path.display(),
-            prompt.key.uid,
-            prompt.info.unit.cgroup_path.replace('\n', " "),
-            lifetime = lifetime.as_str(),
-        );
+        let comment = answer_comment(prompt, action, lifetime, caller_uid, caller_name, &when);
         let origin = format!("answer by UID {caller_uid} at {when}");
         let expiry = match lifetime {
             Lifetime::UntilAppQuits => {
@@ -349,21 +412,24 @@ impl Daemon {
             ),
             AddedLifetime::Forever | AddedLifetime::UntilReboot => {
                 let path = self.answers_path(lifetime == AddedLifetime::Forever);
-                let existing = fs::read_to_string(&path).unwrap_or_default();
                 let comment = format!("# added by uid {caller_uid} at {when}\n");
                 let mut addition = format!("{comment}{}", toml_text.trim_end());
                 addition.push('\n');
-                append_atomically(&path, &addition).map_err(|error| {
+                let existing = match fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(error) => {
+                        return Err(ControlError::Failed(format!(
+                            "failed to read {}: {error}",
+                            path.display()
+                        )))
+                    }
+                };
+                let contents = appended(&existing, &addition);
+                let line = added_rule_line(&path, &existing, &contents)?;
+                replace_atomically(&path, &contents).map_err(|error| {
                     ControlError::Failed(format!("failed to write {}: {error}", path.display()))
                 })?;
-                // The header line of the added table: the existing lines, the blank separator
-                // line, the comment, then the table's own lines up to its header.
-                let before = existing.lines().count() + usize::from(!existing.is_empty());
-                let header_offset = toml_text
-                    .lines()
-                    .position(|line| line.trim_start().starts_with("[[rule]]"))
-                    .unwrap_or(0);
-                let line = before + 1 + header_offset + 1;
                 self.reload();
                 self.notify(Notice::RulesChanged);
                 Ok(format!("{}:{line}", path.display()))
@@ -395,14 +461,15 @@ impl Daemon {
             )));
         };
         let path = PathBuf::from(file);
-        if !self
+        let Some(in_force) = self
             .tables
             .rules()
             .iter()
-            .any(|rule| rule.origin.file == path && rule.origin.line as usize == line)
-        {
+            .find(|rule| rule.origin.file == path && rule.origin.line as usize == line)
+            .map(rule_toml)
+        else {
             return Err(ControlError::NoSuchRule(format!("no rule has id {id}")));
-        }
+        };
         if path != self.answers_path(true) && path != self.answers_path(false) {
             return Err(ControlError::InvalidArgument(format!(
                 "invalid id {id:?}: only rules of {ANSWERS_FILE}, {REBOOT_ANSWERS_FILE} and in-memory rules can be removed, edit {file} instead"
@@ -410,6 +477,7 @@ impl Daemon {
         }
         let text = fs::read_to_string(&path)
             .map_err(|error| ControlError::Failed(format!("failed to read {file}: {error}")))?;
+        check_unchanged(&path, &text, line, &in_force)?;
         let kept = remove_table(&text, line);
         replace_atomically(&path, kept.as_bytes())
             .map_err(|error| ControlError::Failed(format!("failed to write {file}: {error}")))?;
@@ -474,6 +542,33 @@ impl Daemon {
     }
 }
 
+/// Checks that the file's `text` still has, on `line`, the header of the rule in force written
+/// as `in_force`. A file edited by hand since the last reload can have another table there, or
+/// the middle of one, and removing from that line would cut off another rule's keys.
+fn check_unchanged(
+    path: &Path,
+    text: &str,
+    line: usize,
+    in_force: &str,
+) -> Result<(), ControlError> {
+    let now = rules::parse::parse_file(path, text)
+        .ok()
+        .and_then(|parsed| {
+            parsed
+                .iter()
+                .find(|rule| rule.origin.line as usize == line)
+                .map(rule_toml)
+        });
+    if now.as_deref() == Some(in_force) {
+        Ok(())
+    } else {
+        Err(ControlError::Failed(format!(
+            "{}:{line} changed since the rules were last loaded; reload, list the rules and remove by the new id",
+            path.display()
+        )))
+    }
+}
+
 /// Removes the `[[rule]]` table whose header is on `line` (1-based), with the comment lines
 /// right above it, and keeps every other byte.
 pub fn remove_table(text: &str, line: usize) -> String {
@@ -511,6 +606,122 @@ fn join_errors(errors: &[rules::RuleError]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prompt_from(exe: &str, cgroup_path: &str) -> Prompt {
+        use crate::exe::ExeIdentity;
+        use crate::unit::UnitInfo;
+        let first = abi::Event {
+            uid: 1000,
+            port: 443,
+            protocol: 6,
+            ..abi::Event::default()
+        };
+        Prompt {
+            id: 1,
+            key: super::super::prompts::PromptKey {
+                uid: 1000,
+                cgroup_id: 7,
+                exe: PathBuf::from(exe),
+                sha256: "0".repeat(64),
+                address: "192.0.2.1".parse().unwrap(),
+                port: 443,
+                protocol: 6,
+            },
+            info: super::super::tables::SubjectInfo {
+                unit: std::sync::Arc::new(UnitInfo {
+                    cgroup_path: cgroup_path.to_owned(),
+                    ..UnitInfo::default()
+                }),
+                exe: std::sync::Arc::new(ExeIdentity {
+                    path: PathBuf::from(exe),
+                    sha256: [0; 32].into(),
+                    deleted: false,
+                    path_verified: true,
+                }),
+                uid: 1000,
+                policy: 0,
+            },
+            first,
+            waiting: Vec::new(),
+            had_connections: false,
+            deadline: std::time::Instant::now(),
+            deadline_usec: 0,
+            ask_priority: 0,
+        }
+    }
+
+    #[test]
+    fn hostile_names_stay_in_the_comment() {
+        let injected = "\n[[rule]]\naction = \"allow\"\npriority = 1000\n# ";
+        let prompt = prompt_from(
+            &format!("/home/u/app{injected}"),
+            &format!("/user.slice/a\r\u{1b}[2J{injected}"),
+        );
+        let comment = answer_comment(
+            &prompt,
+            "allow",
+            Lifetime::Forever,
+            1000,
+            ":1.5",
+            "2024-01-01T00:00:00Z",
+        );
+        let text = format!(
+            "{comment}{}",
+            answer_rule(&prompt, true, Scope::Destination)
+        );
+
+        let rules = rules::parse::parse_file(Path::new("answers.toml"), &text)
+            .unwrap_or_else(|errors| panic!("{}\n{text}", join_errors(&errors)));
+
+        assert_eq!(rules.len(), 1, "{text}");
+        assert_eq!(comment.lines().count(), 2, "{comment}");
+        assert!(comment.contains("/home/u/app\\n[[rule]]"), "{comment}");
+    }
+
+    #[test]
+    fn added_rules_must_stay_tables_of_their_own() {
+        let path = Path::new("70-slicewall-answers.toml");
+        let existing = b"[[rule]]\naction = \"deny\"\nport = 22\n";
+        // Valid on its own as one rule, but appended it becomes a key of the table before.
+        let inline = "# added\nrule = [{ action = \"allow\" }]\n";
+        assert_eq!(
+            rules::parse_file(path, inline).map(|r| r.len()).ok(),
+            Some(1)
+        );
+
+        let error = added_rule_line(path, existing, &appended(existing, inline)).unwrap_err();
+
+        assert!(
+            matches!(&error, ControlError::InvalidArgument(message) if message.contains("[[rule]] table")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn added_rule_line_names_the_header() {
+        let path = Path::new("70-slicewall-answers.toml");
+        let existing = b"[[rule]]\naction = \"deny\"\nport = 22";
+        let addition = "# added\n# more\n[[ rule ]]\naction = \"allow\"\n";
+
+        let line = added_rule_line(path, existing, &appended(existing, addition)).unwrap();
+
+        assert_eq!(line, 7);
+    }
+
+    #[test]
+    fn removal_needs_the_rule_in_force() {
+        let path = Path::new("70-slicewall-answers.toml");
+        let loaded = "[[rule]]\naction = \"allow\"\nport = 22\n\n[[rule]]\naction = \"deny\"\n";
+        let in_force = rule_toml(&rules::parse_file(path, loaded).unwrap()[1]);
+        // A rule added by hand at the top moves both down. Line 5, the deny rule's old id, now
+        // holds the allow rule, which removing by that id would drop instead.
+        let edited = format!("[[rule]]\naction = \"deny\"\nport = 80\n\n{loaded}");
+
+        assert!(check_unchanged(path, loaded, 5, &in_force).is_ok());
+        assert!(check_unchanged(path, &edited, 5, &in_force).is_err());
+        assert!(remove_table(&edited, 5).contains("port = 80"));
+        assert!(!remove_table(&edited, 5).contains("port = 22"));
+    }
 
     #[test]
     fn remove_table_keeps_others() {

@@ -139,7 +139,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> 
 
 /// Parses a rule file read as bytes. Bytes that are not UTF-8 are an error at the first invalid
 /// byte.
-pub(super) fn parse_file_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<Rule>, Vec<RuleError>> {
+pub fn parse_file_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<Rule>, Vec<RuleError>> {
     parse_bytes(path, bytes, None)
 }
 

@@ -24,6 +24,7 @@ pub type Case = fn(&Lab) -> Result<(), String>;
 pub const PROMPT_CASES: &[(&str, Case)] = &[
     ("prompt_allow_always_writes_rule", allow_always_writes_rule),
     ("prompt_deny_once_fails_fast", deny_once_fails_fast),
+    ("prompt_hostile_exe_name", hostile_exe_name),
     ("prompt_without_actions_hints", without_actions_hints),
     ("prompt_notification_latency", notification_latency),
     ("prompt_screenshot", screenshot),
@@ -242,6 +243,44 @@ fn allow_always_writes_rule(lab: &Lab) -> Result<(), String> {
     // Later cases need prompts again.
     c.exec_ok(&["rm", "-f", ANSWERS_FILE])?;
     lab.reload_rules()
+}
+
+/// A program whose file name holds a newline and TOML is answered "allow always": the answers
+/// file must gain that one rule, with the name kept inside its comment.
+fn hostile_exe_name(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    let directory = format!("/tmp/hostile-{}", random_suffix());
+    let exe = format!("{directory}/probe\n[[rule]]\naction = \"allow\"\npriority = 1000\n# x");
+    c.exec_ok(&["mkdir", "-m", "755", &directory])?;
+    c.exec_ok(&["cp", super::PROBE, &exe])?;
+    press_next(lab, "allow-always")?;
+    let output = c.run_user_scope(USER, lab.uid, &prompt_unit(), &[&exe, "tcp", &target()]);
+    let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let answers = c.exec_ok(&["cat", ANSWERS_FILE]);
+    c.exec_ok(&["rm", "-rf", &directory])?;
+    c.exec_ok(&["rm", "-f", ANSWERS_FILE])?;
+    lab.reload_rules()?;
+
+    expect_allowed("the hostile probe after Allow always", &line)
+        .map_err(|error| format!("{error}\n{}", agent_journal(lab)))?;
+    let answers = answers?;
+    // The rule's own exe value may hold the name as a multi-line string, so the file is
+    // parsed rather than searched for headers.
+    let parsed: toml::Table = toml::from_str(&answers)
+        .map_err(|error| format!("{ANSWERS_FILE} is not valid TOML: {error}\n{answers}"))?;
+    let tables = parsed
+        .get("rule")
+        .and_then(toml::Value::as_array)
+        .map_or(0, Vec::len);
+    let comment_escaped = answers
+        .lines()
+        .any(|line| line.starts_with('#') && line.contains("probe\\n[[rule]]"));
+    if tables != 1 || !comment_escaped {
+        return Err(format!(
+            "{ANSWERS_FILE} has {tables} [[rule]] tables, expected 1 with the name escaped:\n{answers}"
+        ));
+    }
+    Ok(())
 }
 
 fn deny_once_fails_fast(lab: &Lab) -> Result<(), String> {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use slicewall::agent::{describe_error, AgentEvent};
 use slicewall::control::Firewall1Proxy;
-use slicewall::prompt::{now_usec, parse_terminal_answer, Answer, Prompt};
+use slicewall::prompt::{now_usec, parse_terminal_answer, printable, Answer, Prompt};
 use tokio::io::AsyncBufReadExt;
 
 /// Prints the open prompts as a table.
@@ -20,18 +20,20 @@ pub async fn list(proxy: Firewall1Proxy<'static>) -> Result<ExitCode, zbus::Erro
     let header = ["ID", "APP", "EXE", "DESTINATION", "UNIT", "LEFT"];
     let mut table: Vec<[String; 6]> = vec![header.map(str::to_owned)];
     for prompt in &prompts {
+        // Root sees every user's prompts, whose names those users chose: control characters
+        // are escaped so that none reaches the terminal.
         let or_dash = |text: &str| {
             if text.is_empty() {
                 "-".to_owned()
             } else {
-                text.to_owned()
+                printable(text)
             }
         };
         table.push([
             prompt.id.to_string(),
-            prompt.display_name().to_owned(),
+            printable(prompt.display_name()),
             or_dash(&prompt.exe),
-            prompt.destination(),
+            printable(&prompt.destination()),
             or_dash(&prompt.unit),
             format!("{}s", prompt.seconds_left(now)),
         ]);
@@ -212,14 +214,14 @@ fn show_next(queue: &VecDeque<Prompt>) {
     println!(
         "prompt {}: {} wants to connect",
         prompt.id,
-        prompt.display_name()
+        printable(prompt.display_name())
     );
     if !prompt.exe.is_empty() {
-        println!("  program: {}", prompt.exe);
+        println!("  program: {}", printable(&prompt.exe));
     }
-    println!("  to: {}", prompt.destination());
+    println!("  to: {}", printable(&prompt.destination()));
     if !prompt.unit.is_empty() {
-        println!("  unit: {}", prompt.unit);
+        println!("  unit: {}", printable(&prompt.unit));
     }
     println!(
         "  uid {}, {} s left",

@@ -37,6 +37,18 @@ pub fn read_and_check(file: Option<&Path>) -> Result<String, ExitCode> {
             eprintln!("slicewallctl: {name} contains no [[rule]] table");
             Err(ExitCode::from(super::INVALID_ARGUMENT))
         }
+        Ok(rules) if rules.len() > 1 => {
+            // The daemon adds one rule per call, and its error could not name the place.
+            let second = &rules[1].origin;
+            eprintln!(
+                "{}:{}:{}: a second [[rule]] table; rules add takes one rule, this file has {}",
+                second.file.display(),
+                second.line,
+                second.column,
+                rules.len()
+            );
+            Err(ExitCode::from(super::INVALID_ARGUMENT))
+        }
         Ok(_) => Ok(text),
         Err(errors) => {
             for error in &errors {

@@ -304,6 +304,29 @@ async fn caller_uid(connection: &zbus::Connection, name: &str) -> Result<u32, Co
         .map_err(|error| ControlError::Failed(format!("failed to read the uid of {name}: {error}")))
 }
 
+/// Checks whether the process behind bus name `name` runs in cgroup `cgroup` or below it. A
+/// caller whose process cannot be read counts as inside, the safer answer.
+///
+/// NOTE: the bus reports a PID, which the process could free and another take before it is
+/// read here; dbus-daemon 1.14 has no process file descriptor to pin it. A program can also
+/// start a helper in another unit (`systemd-run --user --scope`), which this does not catch.
+async fn caller_inside(connection: &zbus::Connection, name: &str, cgroup: &str) -> bool {
+    let Ok(proxy) = zbus::fdo::DBusProxy::new(connection).await else {
+        return true;
+    };
+    let Ok(bus_name) = BusName::try_from(name) else {
+        return true;
+    };
+    let Ok(pid) = proxy.get_connection_unix_process_id(bus_name).await else {
+        return true;
+    };
+    let Ok(caller_cgroup) = crate::cgroup::cgroup_of_pid(pid) else {
+        return true;
+    };
+    let cgroup = cgroup.trim_end_matches('/');
+    caller_cgroup == cgroup || caller_cgroup.starts_with(&format!("{cgroup}/"))
+}
+
 /// Checks with polkit (`CheckAuthorization`, flag AllowUserInteraction) that the caller `name`
 /// may perform `action`. Any failure to reach polkit rejects the call.
 async fn authorize(
@@ -405,16 +428,19 @@ impl Firewall {
         })?;
         let name = sender_of(&header)?;
         let uid = caller_uid(connection, &name).await?;
-        let prompt_uid = self
+        let (prompt_uid, prompt_cgroup) = self
             .read(|status| {
                 status
                     .prompts
                     .iter()
                     .find(|row| row.0 == id)
-                    .map(|row| row.1)
+                    .map(|row| (row.1, row.11.clone()))
             })
             .ok_or_else(|| ControlError::NoSuchPrompt(format!("no open prompt has id {id}")))?;
-        let action = if prompt_uid == uid {
+        // A program must not answer about itself: a caller inside the cgroup that made the
+        // flow answers only as an administrator would.
+        let inside = caller_inside(connection, &name, &prompt_cgroup).await;
+        let action = if prompt_uid == uid && !inside {
             ACTION_ANSWER_OWN
         } else {
             ACTION_ANSWER_OTHER

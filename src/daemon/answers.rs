@@ -44,7 +44,8 @@ pub struct MemoryRule {
 
 /// Builds the `[[rule]]` table of an answer to `prompt`. It names the program by `exe` and
 /// `sha256` (`sha256` alone when the path could not be verified), the user, and the
-/// destination by `scope`, and outranks the `ask` rule that raised the prompt.
+/// destination by `scope` within the `ask` rule's destination, and outranks the `ask` rule that
+/// raised the prompt.
 pub fn answer_rule(prompt: &Prompt, allow: bool, scope: Scope) -> String {
     let mut text = String::from("[[rule]]\n");
     let _ = writeln!(
@@ -71,11 +72,17 @@ pub fn answer_rule(prompt: &Prompt, allow: bool, scope: Scope) -> String {
                 quote(protocol_name(prompt.key.protocol))
             );
         }
+        // A wider scope still covers only destinations the `ask` rule covers, so an answer
+        // never decides flows the administrator did not leave to the user.
         // TODO: the daemon does not learn host names yet, so "domain" covers the address.
         Scope::Domain => {
-            let _ = writeln!(text, "address = {}", quote(&prompt.key.address.to_string()));
+            let destination = rules::Destination {
+                addresses: vec![ipnet::IpNet::from(prompt.key.address)],
+                ..prompt.ask_destination.clone()
+            };
+            write_destination(&mut text, &destination);
         }
-        Scope::Any => {}
+        Scope::Any => write_destination(&mut text, &prompt.ask_destination),
     }
     let priority = prompt.ask_priority.saturating_add(1).min(1000);
     let _ = writeln!(text, "priority = {priority}");
@@ -140,7 +147,16 @@ pub fn rule_toml(rule: &Rule) -> String {
     if let Some(user) = selectors.user {
         let _ = writeln!(text, "user = {user}");
     }
-    let destination = &rule.destination;
+    write_destination(&mut text, &rule.destination);
+    if rule.priority != 0 {
+        let _ = writeln!(text, "priority = {}", rule.priority);
+    }
+    text
+}
+
+/// Writes the `address`, `port` and `protocol` keys of a destination; an empty list or the
+/// protocol `any` writes no key.
+fn write_destination(text: &mut String, destination: &rules::Destination) {
     if !destination.addresses.is_empty() {
         let list: Vec<String> = destination
             .addresses
@@ -160,10 +176,6 @@ pub fn rule_toml(rule: &Rule) -> String {
     if destination.protocol != rules::Protocol::Any {
         let _ = writeln!(text, "protocol = {}", quote(destination.protocol.as_str()));
     }
-    if rule.priority != 0 {
-        let _ = writeln!(text, "priority = {}", rule.priority);
-    }
-    text
 }
 
 fn quote(text: &str) -> String {
@@ -647,6 +659,33 @@ mod tests {
             deadline: std::time::Instant::now(),
             deadline_usec: 0,
             ask_priority: 0,
+            ask_destination: rules::Destination {
+                addresses: vec!["192.0.2.0/24".parse().unwrap()],
+                ports: vec![rules::PortRange {
+                    first: 443,
+                    last: 443,
+                }],
+                protocol: rules::Protocol::Tcp,
+            },
+        }
+    }
+
+    #[test]
+    fn wide_answers_stay_within_the_ask_rule() {
+        let prompt = prompt_from("/usr/bin/app", "/user.slice/app.scope");
+
+        let any = answer_rule(&prompt, true, Scope::Any);
+        assert!(any.contains("address = [\"192.0.2.0/24\"]"), "{any}");
+        assert!(any.contains("port = [\"443\"]"), "{any}");
+        assert!(any.contains("protocol = \"tcp\""), "{any}");
+
+        let domain = answer_rule(&prompt, true, Scope::Domain);
+        assert!(domain.contains("address = [\"192.0.2.1/32\"]"), "{domain}");
+        assert!(domain.contains("port = [\"443\"]"), "{domain}");
+
+        for text in [any, domain] {
+            let rules = rules::parse_file(Path::new("answer.toml"), &text).unwrap();
+            assert_eq!(rules.len(), 1);
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Prompt {
     pub deadline_usec: u64,
     /// Priority of the `ask` rule that matched; an answer's rule gets one more, so it wins.
     pub ask_priority: i16,
+    /// Destination of the `ask` rule that matched, which bounds what an answer's rule covers.
+    pub ask_destination: crate::rules::Destination,
 }
 
 impl Prompt {
@@ -183,7 +185,25 @@ impl Daemon {
 
         self.prompts.next_id += 1;
         let id = self.prompts.next_id;
-        let ask_priority = self.tables.rule(rule_id).map_or(0, |rule| rule.priority);
+        let ask_rule = self.tables.rule(rule_id);
+        let ask_priority = ask_rule.map_or(0, |rule| rule.priority);
+        // A rule set replaced since the flow was decided may no longer have the `ask` rule;
+        // then answers cover no more than the flow's own destination.
+        let ask_destination = match ask_rule {
+            Some(rule) => rule.destination.clone(),
+            None => crate::rules::Destination {
+                addresses: vec![ipnet::IpNet::from(key.address)],
+                ports: vec![crate::rules::PortRange {
+                    first: key.port,
+                    last: key.port,
+                }],
+                protocol: if i32::from(key.protocol) == libc::IPPROTO_TCP {
+                    crate::rules::Protocol::Tcp
+                } else {
+                    crate::rules::Protocol::Udp
+                },
+            },
+        };
         let prompt = Prompt {
             id,
             key: key.clone(),
@@ -194,6 +214,7 @@ impl Daemon {
             deadline: Instant::now() + settings.timeout,
             deadline_usec: realtime_usec(settings.timeout),
             ask_priority,
+            ask_destination,
         };
         let row = prompt.row();
         self.prompts.by_key.insert(key, id);

@@ -27,6 +27,7 @@ pub const PROMPT_CASES: &[(&str, Case)] = &[
     ("prompt_hostile_exe_name", hostile_exe_name),
     ("prompt_without_actions_hints", without_actions_hints),
     ("prompt_notification_latency", notification_latency),
+    ("prompt_app_cannot_answer_itself", app_cannot_answer_itself),
     ("prompt_screenshot", screenshot),
 ];
 
@@ -497,5 +498,45 @@ fn screenshot_steps(lab: &Lab, output: &std::path::Path) -> Result<(), String> {
     std::fs::write(output, &png.stdout)
         .map_err(|error| format!("failed to write {}: {error}", output.display()))?;
     println!("  wrote {}", output.display());
+    Ok(())
+}
+
+/// Output of the script in `prompt_app_cannot_answer_itself`, in a directory the user owns.
+const SELF_ANSWER_LOG: &str = "/run/harness-double/self-answer.log";
+
+/// A program that tries to answer its own prompt, from inside its own scope, is refused: polkit
+/// lets the user answer about their own processes without a password, but not from inside the
+/// unit the prompt is about.
+fn app_cannot_answer_itself(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    let _ = c.exec(&["rm", "-f", SELF_ANSWER_LOG]);
+    let script = format!(
+        "{} tcp {} >/dev/null & sleep 1; id=$(slicewallctl prompts | awk 'NR == 2 {{ print $1 }}'); \
+         slicewallctl prompts answer \"$id\" allow >/dev/null 2>&1; echo \"exit $?\" > {SELF_ANSWER_LOG}; wait",
+        super::PROBE,
+        target()
+    );
+    let mut child =
+        c.run_user_scope_background(USER, lab.uid, &prompt_unit(), &["sh", "-c", &script])?;
+    let mut log = String::new();
+    let waited = wait_for(Duration::from_secs(10), "the self-answer attempt", || {
+        log = String::from_utf8_lossy(&c.exec(&["cat", SELF_ANSWER_LOG]).stdout).into_owned();
+        Ok(!log.is_empty())
+    });
+    // End the held probe: root may answer any prompt.
+    if let Ok(ids) = super::open_prompt_ids(c) {
+        for id in ids {
+            let _ = c.exec(&["slicewallctl", "prompts", "answer", &id.to_string(), "deny"]);
+        }
+    }
+    let _ = child.wait();
+    waited?;
+    // slicewallctl exits with 4 when polkit refuses.
+    if log.trim() != "exit 4" {
+        return Err(format!(
+            "the program answering its own prompt got {:?}, expected exit 4 (not authorized)",
+            log.trim()
+        ));
+    }
     Ok(())
 }

@@ -103,6 +103,9 @@ pub async fn terminal_agent(proxy: Firewall1Proxy<'static>) -> Result<ExitCode, 
         signal(SignalKind::terminate()).map_err(|error| zbus::Error::InputOutput(error.into()))?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut queue: VecDeque<Prompt> = VecDeque::new();
+    // Input that arrives right after the shown prompt closed and another took its place was
+    // typed for the closed one, so it is not applied to the new one.
+    let mut replaced_at: Option<std::time::Instant> = None;
     let code = loop {
         tokio::select! {
             _ = interrupt.recv() => break ExitCode::from(130),
@@ -111,7 +114,9 @@ pub async fn terminal_agent(proxy: Firewall1Proxy<'static>) -> Result<ExitCode, 
                 let Some(event) = event else {
                     break ExitCode::FAILURE;
                 };
-                handle_event(event, &mut queue);
+                if handle_event(event, &mut queue) {
+                    replaced_at = Some(std::time::Instant::now());
+                }
             }
             line = lines.next_line() => {
                 let line = match line {
@@ -129,6 +134,11 @@ pub async fn terminal_agent(proxy: Firewall1Proxy<'static>) -> Result<ExitCode, 
                     continue;
                 };
                 let id = prompt.id;
+                if replaced_at.is_some_and(|at| at.elapsed() < STALE_INPUT) {
+                    replaced_at = None;
+                    println!("the prompt you answered closed before the answer; answer prompt {id} again");
+                    continue;
+                }
                 match parse_terminal_answer(&line) {
                     Ok(answer) => match self::answer_quietly(&proxy, id, answer).await {
                         Ok(()) => {
@@ -168,23 +178,32 @@ async fn answer_quietly(
         .await
 }
 
-fn handle_event(event: AgentEvent, queue: &mut VecDeque<Prompt>) {
+/// Time after another prompt takes the place of the shown one during which input is taken as
+/// meant for the closed prompt.
+const STALE_INPUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Handles an event of the daemon. Returns true when the shown prompt closed and another one is
+/// shown in its place.
+fn handle_event(event: AgentEvent, queue: &mut VecDeque<Prompt>) -> bool {
     match event {
         AgentEvent::Registered => {
             // The daemon offers its open prompts again right after this.
             queue.clear();
             println!("registered as the prompt agent; waiting for prompts (Ctrl-C to stop)");
+            false
         }
         AgentEvent::RegisterFailed(message) => {
             println!("failed to register as the prompt agent: {message}; retrying when slicewalld restarts");
+            false
         }
         AgentEvent::DaemonGone => {
             queue.clear();
             println!("slicewalld stopped; waiting for it to come back");
+            false
         }
         AgentEvent::Added(prompt) => {
             if queue.iter().any(|queued| queued.id == prompt.id) {
-                return;
+                return false;
             }
             queue.push_back(*prompt);
             if queue.len() == 1 {
@@ -192,16 +211,19 @@ fn handle_event(event: AgentEvent, queue: &mut VecDeque<Prompt>) {
             } else {
                 println!("({} prompts waiting)", queue.len());
             }
+            false
         }
         AgentEvent::Closed(id, outcome) => {
             let Some(index) = queue.iter().position(|prompt| prompt.id == id) else {
-                return;
+                return false;
             };
             queue.remove(index);
             println!("prompt {id} closed: {outcome}");
-            if index == 0 {
-                show_next(queue);
+            if index != 0 {
+                return false;
             }
+            show_next(queue);
+            !queue.is_empty()
         }
     }
 }
@@ -229,4 +251,41 @@ fn show_next(queue: &VecDeque<Prompt>) {
         prompt.seconds_left(now_usec())
     );
     println!("{QUESTION}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(id: u64) -> Box<Prompt> {
+        Box::new(Prompt {
+            id,
+            ..slicewall::prompt::sample_prompt(0)
+        })
+    }
+
+    #[test]
+    fn closing_the_shown_prompt_marks_input_stale() {
+        let mut queue = VecDeque::new();
+        assert!(!handle_event(AgentEvent::Added(prompt(1)), &mut queue));
+        assert!(!handle_event(AgentEvent::Added(prompt(2)), &mut queue));
+        assert!(!handle_event(AgentEvent::Added(prompt(3)), &mut queue));
+
+        // A prompt behind the shown one closes: the shown one stays.
+        assert!(!handle_event(
+            AgentEvent::Closed(2, "timeout".into()),
+            &mut queue
+        ));
+        // The shown one closes and prompt 3 takes its place.
+        assert!(handle_event(
+            AgentEvent::Closed(1, "timeout".into()),
+            &mut queue
+        ));
+        assert_eq!(queue.front().map(|prompt| prompt.id), Some(3));
+        // The last one closes and nothing is shown.
+        assert!(!handle_event(
+            AgentEvent::Closed(3, "timeout".into()),
+            &mut queue
+        ));
+    }
 }

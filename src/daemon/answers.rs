@@ -281,6 +281,36 @@ fn answers_path(root: &Path, lifetime_forever: bool) -> PathBuf {
 }
 
 impl Daemon {
+    /// Reloads the rules after the daemon changed an answers file. When another rule file
+    /// blocks the reload, the rules of this answers file alone replace its rules in force, so an
+    /// answer applies at once whatever the state of the other files.
+    fn reload_answers(&mut self, path: &Path) {
+        if self.reload() {
+            return;
+        }
+        let parsed = fs::read(path)
+            .map_err(|error| error.to_string())
+            .and_then(|bytes| {
+                rules::parse_file(path, &String::from_utf8_lossy(&bytes))
+                    .map_err(|errors| join_errors(&errors))
+            });
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                tracing::error!("failed to apply {} alone: {error}", path.display());
+                return;
+            }
+        };
+        self.file_rules.retain(|rule| rule.origin.file != path);
+        self.file_rules.extend(parsed);
+        if self.install_rules() {
+            tracing::warn!(
+                "applied {} alone, because another rule file blocks the reload",
+                path.display()
+            );
+        }
+    }
+
     fn answers_path(&self, lifetime_forever: bool) -> PathBuf {
         answers_path(&self.root, lifetime_forever)
     }
@@ -326,7 +356,7 @@ impl Daemon {
                 append_atomically(&path, &format!("{comment}{table}")).map_err(|error| {
                     ControlError::Failed(format!("failed to write {}: {error}", path.display()))
                 })?;
-                self.reload();
+                self.reload_answers(&path);
                 self.notify(Notice::RulesChanged);
             }
             Lifetime::UntilAppQuits | Lifetime::UntilLogout => {
@@ -442,7 +472,7 @@ impl Daemon {
                 replace_atomically(&path, &contents).map_err(|error| {
                     ControlError::Failed(format!("failed to write {}: {error}", path.display()))
                 })?;
-                self.reload();
+                self.reload_answers(&path);
                 self.notify(Notice::RulesChanged);
                 Ok(format!("{}:{line}", path.display()))
             }
@@ -493,7 +523,7 @@ impl Daemon {
         let kept = remove_table(&text, line);
         replace_atomically(&path, kept.as_bytes())
             .map_err(|error| ControlError::Failed(format!("failed to write {file}: {error}")))?;
-        self.reload();
+        self.reload_answers(&path);
         self.notify(Notice::RulesChanged);
         Ok(())
     }

@@ -404,14 +404,16 @@ impl Daemon {
         );
     }
 
-    fn reload(&mut self) {
+    /// Reloads every rule file. Returns false when the files had errors or the gate rejected
+    /// the rules, which leaves the previous rules in force.
+    fn reload(&mut self) -> bool {
         self.forget_removed_cgroups();
         match rules::load_strict(&self.root) {
             Ok(rule_set) => {
                 let count = rule_set.rules.len();
                 self.file_rules = rule_set.rules;
                 if !self.install_rules() {
-                    return;
+                    return false;
                 }
                 self.degraded.clear();
                 self.rejected_reload = None;
@@ -424,6 +426,7 @@ impl Daemon {
                 self.audit
                     .event(audit::EventKind::RulesLoaded, &message, &[]);
                 self.status_text = message;
+                true
             }
             Err(errors) => {
                 for error in &errors {
@@ -441,6 +444,7 @@ impl Daemon {
                     None => message.clone(),
                 });
                 self.status_text = message;
+                false
             }
         }
     }

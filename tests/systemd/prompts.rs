@@ -28,6 +28,10 @@ pub const PROMPT_CASES: &[(&str, Case)] = &[
     ("prompt_without_actions_hints", without_actions_hints),
     ("prompt_notification_latency", notification_latency),
     ("prompt_app_cannot_answer_itself", app_cannot_answer_itself),
+    (
+        "prompt_answer_applies_beside_a_broken_file",
+        answer_applies_beside_a_broken_file,
+    ),
     ("prompt_screenshot", screenshot),
 ];
 
@@ -539,4 +543,32 @@ fn app_cannot_answer_itself(lab: &Lab) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// An "Allow always" answer applies at once even while another rule file has an error, which
+/// blocks every reload: repeating the flow does not prompt again.
+fn answer_applies_beside_a_broken_file(lab: &Lab) -> Result<(), String> {
+    let c = lab.container();
+    let broken = "/etc/slicewall/rules.d/64-harness-broken.toml";
+    c.write_file(broken, b"[[rule]]\naction = \"perhaps\"\n", 0o644)?;
+    let result = (|| {
+        press_next(lab, "allow-always")?;
+        let (line, _) = probe(lab);
+        expect_allowed("the probe answered Allow always", &line)?;
+        let before = records(lab)?.len();
+        let unit = prompt_unit();
+        let again = lab.probe_in_user_scope(&unit);
+        expect_allowed("the repeated probe", &again)?;
+        let after = records(lab)?.len();
+        if after != before {
+            return Err(format!(
+                "the repeated flow prompted again ({} new notifications)",
+                after - before
+            ));
+        }
+        Ok(())
+    })();
+    c.exec_ok(&["rm", "-f", broken, ANSWERS_FILE])?;
+    lab.reload_rules()?;
+    result
 }

@@ -92,7 +92,6 @@ pub struct Status {
     pub mode: String,
     pub prompt_timeout_sec: u32,
     pub prompts: Vec<PromptRow>,
-    pub rules: Vec<RuleRow>,
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
@@ -216,6 +215,10 @@ pub enum Command {
     RemoveRule {
         id: String,
         reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    ListRules {
+        caller_uid: u32,
+        reply: oneshot::Sender<Result<Vec<RuleRow>, ControlError>>,
     },
     Reload {
         reply: oneshot::Sender<Result<(), ControlError>>,
@@ -486,10 +489,18 @@ impl Firewall {
             .map_err(|_| ControlError::Failed("the daemon is stopping".to_owned()))
     }
 
-    /// Lists every rule in force.
+    /// Lists the rules in force. Root sees every rule; another user sees the rules that name no
+    /// user or name that user, so no user learns another user's answers.
     #[zbus(name = "ListRules")]
-    fn list_rules(&self) -> Vec<RuleRow> {
-        self.read(|status| status.rules.clone())
+    async fn list_rules(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] connection: &zbus::Connection,
+    ) -> Result<Vec<RuleRow>, ControlError> {
+        let name = sender_of(&header)?;
+        let caller_uid = caller_uid(connection, &name).await?;
+        self.request(|reply| Command::ListRules { caller_uid, reply })
+            .await
     }
 
     /// Adds a rule given as a `[[rule]]` TOML table, returns its id.

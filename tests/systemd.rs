@@ -1583,6 +1583,27 @@ fn prompt_checks(lab: &Lab) -> Result<(), String> {
     if !rules.to_string().contains("70-slicewall-answers.toml") {
         return Err(format!("ListRules lacks the answer rule: {rules}"));
     }
+    // Root's answer names user 0, so another user does not see it.
+    let user_rules = c.exec(&[
+        "runuser",
+        "-u",
+        USER,
+        "--",
+        "busctl",
+        "--json=short",
+        "call",
+        "org.slicewall.Firewall1",
+        "/org/slicewall/Firewall1",
+        "org.slicewall.Firewall1",
+        "ListRules",
+    ]);
+    let user_rules = String::from_utf8_lossy(&user_rules.stdout).into_owned();
+    if !user_rules.contains("50-defaults.toml") || user_rules.contains("70-slicewall-answers.toml")
+    {
+        return Err(format!(
+            "user {USER} should see the vendor rules and not root's answer: {user_rules}"
+        ));
+    }
     let added = busctl_ok(
         c,
         "AddRule",

@@ -301,9 +301,10 @@ impl Daemon {
                 return;
             }
         };
-        self.file_rules.retain(|rule| rule.origin.file != path);
-        self.file_rules.extend(parsed);
-        if self.install_rules() {
+        let mut file_rules = self.file_rules().to_vec();
+        file_rules.retain(|rule| rule.origin.file != path);
+        file_rules.extend(parsed);
+        if self.install_rules(file_rules) {
             tracing::warn!(
                 "applied {} alone, because another rule file blocks the reload",
                 path.display()
@@ -420,7 +421,7 @@ impl Daemon {
             rule,
             expiry,
         });
-        self.install_rules();
+        self.install_rules(self.file_rules().to_vec());
         self.notify(Notice::RulesChanged);
         Ok(format!("memory:{number}"))
     }
@@ -488,7 +489,7 @@ impl Daemon {
             if self.memory_rules.len() == before {
                 return Err(ControlError::NoSuchRule(format!("no rule has id {id}")));
             }
-            self.install_rules();
+            self.install_rules(self.file_rules().to_vec());
             self.notify(Notice::RulesChanged);
             return Ok(());
         }
@@ -544,18 +545,23 @@ impl Daemon {
                 count = before - self.memory_rules.len(),
                 "in-memory rules expired"
             );
-            self.install_rules();
+            self.install_rules(self.file_rules().to_vec());
             self.notify(Notice::RulesChanged);
         }
     }
 
-    /// Returns the rows of `ListRules`.
-    pub(super) fn rule_rows(&self) -> Vec<RuleRow> {
+    /// Returns the rows of `ListRules` for a caller. Root sees every rule. Another user sees
+    /// the rules that name no user or name that user, so no user reads another's answers.
+    pub(super) fn rule_rows(&self, caller_uid: u32) -> Vec<RuleRow> {
+        let visible = |rule: &Rule| {
+            caller_uid == 0 || rule.selectors.user.is_none_or(|uid| uid == caller_uid)
+        };
         let forever = self.answers_path(true);
         let until_reboot = self.answers_path(false);
         let mut rows: Vec<RuleRow> = self
-            .file_rules
+            .file_rules()
             .iter()
+            .filter(|rule| visible(rule))
             .map(|rule| {
                 let lifetime = if rule.origin.file == forever {
                     "forever"
@@ -572,14 +578,19 @@ impl Daemon {
                 )
             })
             .collect();
-        rows.extend(self.memory_rules.iter().map(|rule| {
-            (
-                format!("memory:{}", rule.number),
-                rule.lifetime.to_owned(),
-                rule.origin.clone(),
-                rule.toml.clone(),
-            )
-        }));
+        rows.extend(
+            self.memory_rules
+                .iter()
+                .filter(|rule| visible(&rule.rule))
+                .map(|rule| {
+                    (
+                        format!("memory:{}", rule.number),
+                        rule.lifetime.to_owned(),
+                        rule.origin.clone(),
+                        rule.toml.clone(),
+                    )
+                }),
+        );
         rows
     }
 }

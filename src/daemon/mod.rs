@@ -236,7 +236,9 @@ struct Daemon {
     /// The last start or reload message, sent to systemd as the unit's status text.
     status_text: String,
     /// The rules of the rule files; the in-memory rules are installed with them.
-    file_rules: Vec<rules::Rule>,
+    /// Number of rules from files at the start of the rules in force; the in-memory rules
+    /// follow them.
+    file_rule_count: usize,
     memory_rules: Vec<MemoryRule>,
     memory_rule_counter: u64,
     mode: Mode,
@@ -319,8 +321,9 @@ impl Daemon {
         gate.write_config(config)?;
 
         let mut tables = Tables::new(previous.next_id, ask_verdict);
+        let file_rule_count = rule_set.rules.len();
         tables
-            .install(&mut gate, rule_set.rules.clone())
+            .install(&mut gate, rule_set.rules)
             .context("failed to install the rules in the gate")?;
 
         let mut daemon = Daemon {
@@ -348,7 +351,7 @@ impl Daemon {
             ask_fallback: options.ask_fallback,
             nft: None,
             status_text: String::new(),
-            file_rules: rule_set.rules.clone(),
+            file_rule_count,
             memory_rules: Vec::new(),
             memory_rule_counter: 0,
             mode: options.mode,
@@ -411,8 +414,7 @@ impl Daemon {
         match rules::load_strict(&self.root) {
             Ok(rule_set) => {
                 let count = rule_set.rules.len();
-                self.file_rules = rule_set.rules;
-                if !self.install_rules() {
+                if !self.install_rules(rule_set.rules) {
                     return false;
                 }
                 self.degraded.clear();
@@ -449,15 +451,23 @@ impl Daemon {
         }
     }
 
-    /// Installs the rules of the files and the in-memory rules in the gate. Returns false when
-    /// the gate rejected them.
-    fn install_rules(&mut self) -> bool {
-        let mut all = self.file_rules.clone();
+    /// Returns the rules from files among the rules in force.
+    fn file_rules(&self) -> &[rules::Rule] {
+        let rules = self.tables.rules();
+        &rules[..self.file_rule_count.min(rules.len())]
+    }
+
+    /// Installs `file_rules` and the in-memory rules in the gate. Returns false when the gate
+    /// rejected them.
+    fn install_rules(&mut self, file_rules: Vec<rules::Rule>) -> bool {
+        let count = file_rules.len();
+        let mut all = file_rules;
         all.extend(self.memory_rules.iter().map(|rule| rule.rule.clone()));
         if let Err(error) = self.tables.install(&mut self.gate, all) {
             tracing::error!("failed to install the rules: {error:#}");
             return false;
         }
+        self.file_rule_count = count;
         self.unit_directory.resummarize(self.tables.rules());
         if let Some(nft) = &mut self.nft {
             nft.mark_dirty();
@@ -518,6 +528,9 @@ impl Daemon {
             }
             Command::RemoveRule { id, reply } => {
                 let _ = reply.send(self.remove_rule(&id));
+            }
+            Command::ListRules { caller_uid, reply } => {
+                let _ = reply.send(Ok(self.rule_rows(caller_uid)));
             }
             Command::Reload { reply } => {
                 self.reload();
@@ -665,12 +678,6 @@ impl Daemon {
         status.prompt_timeout_sec =
             u32::try_from(self.prompt_settings.timeout.as_secs()).unwrap_or(u32::MAX);
         status.prompts = self.prompts.rows();
-        drop(status);
-        let rules = self.rule_rows();
-        self.status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .rules = rules;
     }
 
     /// Syncs table inet slicewall with the units if they changed. Returns true when it synced.

@@ -554,15 +554,41 @@ pub struct NotificationText {
     pub actions: Vec<(String, String)>,
 }
 
-/// Builds the notification for a prompt. `has_actions` is whether the notification server
-/// lists the "actions" capability. Without it, the body says how to answer with
-/// `slicewallctl` and the notification has no buttons.
+/// Capabilities of the notification server that change what a notification contains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerCapabilities {
+    /// The server shows action buttons ("actions").
+    pub actions: bool,
+    /// The server reads markup in the body ("body-markup"), so `&` and `<` must be escaped.
+    pub body_markup: bool,
+}
+
+impl ServerCapabilities {
+    /// Reads the capabilities from the list that `GetCapabilities` returns.
+    pub fn from_list(list: &[String]) -> Self {
+        ServerCapabilities {
+            actions: list.iter().any(|capability| capability == "actions"),
+            body_markup: list.iter().any(|capability| capability == "body-markup"),
+        }
+    }
+}
+
+/// Escapes the characters that body markup gives a meaning to.
+fn markup_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Builds the notification for a prompt. Without the "actions" capability, the body says how
+/// to answer with `slicewallctl` and the notification has no buttons.
 pub fn notification_text(
     prompt: &Prompt,
     config: &AgentConfig,
-    has_actions: bool,
+    server: ServerCapabilities,
     icon: String,
 ) -> NotificationText {
+    let has_actions = server.actions;
     let summary = format!("{} wants to connect", printable(prompt.display_name()));
     let mut lines = Vec::new();
     if !prompt.exe.is_empty() {
@@ -605,7 +631,11 @@ pub fn notification_text(
     }
     NotificationText {
         summary,
-        body: lines.join("\n"),
+        body: if server.body_markup {
+            markup_escape(&lines.join("\n"))
+        } else {
+            lines.join("\n")
+        },
         icon,
         actions,
     }
@@ -633,6 +663,38 @@ pub fn sample_prompt(now_usec: u64) -> Prompt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const WITH_ACTIONS: ServerCapabilities = ServerCapabilities {
+        actions: true,
+        body_markup: false,
+    };
+
+    #[test]
+    fn body_is_escaped_for_markup_servers() {
+        let mut hostile = prompt();
+        hostile.exe = "/opt/<b>a&b</b>".into();
+        let server = ServerCapabilities::from_list(&["actions".into(), "body-markup".into()]);
+
+        let text = notification_text(
+            &hostile,
+            &AgentConfig::default(),
+            server,
+            GENERIC_ICON.into(),
+        );
+
+        assert!(
+            text.body.contains("/opt/&lt;b&gt;a&amp;b&lt;/b&gt;"),
+            "{}",
+            text.body
+        );
+        let plain = notification_text(
+            &hostile,
+            &AgentConfig::default(),
+            WITH_ACTIONS,
+            GENERIC_ICON.into(),
+        );
+        assert!(plain.body.contains("/opt/<b>a&b</b>"), "{}", plain.body);
+    }
 
     fn prompt() -> Prompt {
         Prompt {
@@ -710,7 +772,7 @@ mod tests {
         let text = notification_text(
             &prompt(),
             &AgentConfig::default(),
-            true,
+            WITH_ACTIONS,
             GENERIC_ICON.into(),
         );
         assert_eq!(text.summary, "App wants to connect");
@@ -733,7 +795,12 @@ mod tests {
         hostile.exe = "/home/u/app\nTo: example.net (198.51.100.7) port 443/tcp".into();
         hostile.unit = "app-x\r\n-1.scope".into();
 
-        let text = notification_text(&hostile, &AgentConfig::default(), true, GENERIC_ICON.into());
+        let text = notification_text(
+            &hostile,
+            &AgentConfig::default(),
+            WITH_ACTIONS,
+            GENERIC_ICON.into(),
+        );
 
         assert_eq!(text.summary, "App\\u{1b}[8m wants to connect");
         assert_eq!(text.body.lines().count(), 3, "{}", text.body);
@@ -755,7 +822,7 @@ mod tests {
         let text = notification_text(
             &prompt(),
             &AgentConfig::default(),
-            false,
+            ServerCapabilities::default(),
             GENERIC_ICON.into(),
         );
         assert!(text.actions.is_empty());
@@ -787,7 +854,7 @@ mod tests {
         assert_eq!(answer("allow:forever:any"), None);
         assert_eq!(answer("default"), None);
 
-        let text = notification_text(&prompt(), &config, true, GENERIC_ICON.into());
+        let text = notification_text(&prompt(), &config, WITH_ACTIONS, GENERIC_ICON.into());
         let keys: Vec<&str> = text.actions.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys[4], "allow:until-app-quits:any");
         assert_eq!(text.actions[1].1, "Allow until reboot, this domain");

@@ -102,8 +102,10 @@ fn load_config(path: Option<PathBuf>) -> Result<AgentConfig, String> {
     }
 }
 
-/// Returns whether the session's notification server supports action buttons.
-async fn server_has_actions(session: &zbus::Connection) -> zbus::Result<bool> {
+/// Reads the capabilities of the session's notification server.
+async fn server_capabilities(
+    session: &zbus::Connection,
+) -> zbus::Result<prompt::ServerCapabilities> {
     let reply = session
         .call_method(
             Some("org.freedesktop.Notifications"),
@@ -114,34 +116,33 @@ async fn server_has_actions(session: &zbus::Connection) -> zbus::Result<bool> {
         )
         .await?;
     let capabilities: Vec<String> = reply.body().deserialize()?;
-    Ok(capabilities
-        .iter()
-        .any(|capability| capability == "actions"))
+    Ok(prompt::ServerCapabilities::from_list(&capabilities))
 }
 
 /// Builds the notification for a prompt, asking the server for its capabilities first. A server
-/// that cannot be asked is treated as one without actions, so the text still says how to answer.
+/// that cannot be asked is treated as one without actions or markup, so the text still says how
+/// to answer.
 async fn build_notification(
     session: Option<&zbus::Connection>,
     prompt: &Prompt,
     config: &AgentConfig,
 ) -> Notification {
-    let has_actions = match session {
-        Some(session) => match server_has_actions(session).await {
-            Ok(has_actions) => has_actions,
+    let server = match session {
+        Some(session) => match server_capabilities(session).await {
+            Ok(server) => server,
             Err(error) => {
                 tracing::warn!(
                     prompt = prompt.id,
                     "failed to read the notification server's capabilities: {}",
                     describe_error(&error)
                 );
-                false
+                prompt::ServerCapabilities::default()
             }
         },
-        None => false,
+        None => prompt::ServerCapabilities::default(),
     };
     let icon = prompt::icon_for(&prompt.app_id, &prompt::data_dirs());
-    let text = prompt::notification_text(prompt, config, has_actions, icon);
+    let text = prompt::notification_text(prompt, config, server, icon);
     let mut notification = Notification::new();
     notification
         .appname("slicewall")

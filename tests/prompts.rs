@@ -546,3 +546,33 @@ fn answer_without_polkit_is_rejected() {
     assert_eq!(common::outcome(&common::probe_lines(&output)[0]), DENIED);
     wait_for_reason(&lab, "timeout");
 }
+
+#[test]
+fn replaced_agent_closes_its_prompts() {
+    let Some((lab, bus)) = start_on_bus(&["--prompt-timeout", "4", "--timeout-answer", "deny"])
+    else {
+        return;
+    };
+    let first = Agent::register(&bus.address);
+    let app = lab.cgroup.child("app.service");
+    let target = format!("{SERVER_V4}:{}", lab.network.veth4.port);
+    let probe = common::spawn_in(
+        &app,
+        &lab.network.client,
+        &common::probe(),
+        &["--wait-ms", SETTLE, "tcp", &target],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let added = first.signals("PromptAdded");
+    assert_eq!(added.len(), 1, "the first agent got {added:?}");
+
+    let second = Agent::register(&bus.address);
+    std::thread::sleep(Duration::from_millis(500));
+
+    assert_eq!(
+        first.signals("PromptClosed"),
+        vec![format!("{} agent-replaced", added[0])]
+    );
+    assert_eq!(second.signals("PromptAdded"), added);
+    let _ = probe.wait_with_output();
+}

@@ -382,7 +382,21 @@ impl Daemon {
             .into_iter()
             .filter(|row| row.1 == uid)
             .collect();
+        // The agent this one replaces closes what it shows, so no stale buttons stay on screen.
+        let replaced = self
+            .prompts
+            .agents
+            .get(&uid)
+            .filter(|old| **old != name)
+            .cloned();
         for row in rows {
+            if let Some(old) = &replaced {
+                self.notify(Notice::PromptClosed {
+                    destination: old.clone(),
+                    id: row.0,
+                    outcome: "agent-replaced".to_owned(),
+                });
+            }
             self.notify(Notice::PromptAdded {
                 destination: name.clone(),
                 prompt: Box::new(row),
